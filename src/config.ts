@@ -1,0 +1,321 @@
+/**
+ * One validated {@link Config} from embedded defaults, an optional JSON config file, `OCICACHE_*`
+ * environment variables and command-line flags (later wins, in that order).
+ * @module
+ */
+import process from "node:process";
+
+/** An upstream registry the cache fronts. */
+export interface RegistryConfig {
+  /** The first path segment that selects this registry (`/v2/<prefix>/<name>/…`). */
+  prefix: string;
+  /** The upstream's base URL, e.g. `https://registry-1.docker.io` (no trailing slash). */
+  url: string;
+  /** Host names a containerd mirror may name in `?ns=` for this registry. */
+  hosts: string[];
+  /** Docker Hub: single-segment names get `library/`. */
+  dockerHub: boolean;
+  username?: string;
+  password?: string;
+  /** How long a tag's digest is served without asking the upstream (ms). */
+  tagTtlMs: number;
+}
+
+/** Log levels, quietest last. */
+export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
+/** A log level. */
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Everything the service is configured with. */
+export interface Config {
+  listen: { hostname: string; port: number };
+  /** The storage folder: blobs, temp files and (by default) the index. */
+  storage: string;
+  /** libSQL URL of the index; default `file:<storage>/index.db`. */
+  indexUrl: string;
+  indexAuthToken?: string;
+  registries: RegistryConfig[];
+  /** Prefix of the registry for unprefixed names (`/v2/library/nginx/…`), or null for none. */
+  defaultRegistry: string | null;
+  logLevel: LogLevel;
+  upstream: {
+    /** Bound on waiting for an upstream's response headers (ms). */
+    headersTimeoutMs: number;
+    /** Bound on each silent gap while reading an upstream body (ms) — never the whole transfer. */
+    idleTimeoutMs: number;
+  };
+}
+
+/** A configuration problem: names the field, for a one-line message and exit code 2. */
+export class ConfigError extends Error {
+  constructor(readonly field: string, reason: string) {
+    super(`invalid configuration: ${field}: ${reason}`);
+  }
+}
+
+const DEFAULT_TAG_TTL_MS = 5 * 60_000;
+
+/** The embedded registry list: prefixes are the registries' host names. */
+export const EMBEDDED_REGISTRIES: readonly Omit<RegistryConfig, "tagTtlMs">[] = [
+  {
+    prefix: "docker.io",
+    url: "https://registry-1.docker.io",
+    hosts: ["docker.io", "registry-1.docker.io", "index.docker.io"],
+    dockerHub: true,
+  },
+  { prefix: "ghcr.io", url: "https://ghcr.io", hosts: ["ghcr.io"], dockerHub: false },
+  { prefix: "quay.io", url: "https://quay.io", hosts: ["quay.io"], dockerHub: false },
+  { prefix: "registry.k8s.io", url: "https://registry.k8s.io", hosts: ["registry.k8s.io"], dockerHub: false },
+  { prefix: "gcr.io", url: "https://gcr.io", hosts: ["gcr.io"], dockerHub: false },
+  { prefix: "mcr.microsoft.com", url: "https://mcr.microsoft.com", hosts: ["mcr.microsoft.com"], dockerHub: false },
+  { prefix: "public.ecr.aws", url: "https://public.ecr.aws", hosts: ["public.ecr.aws"], dockerHub: false },
+];
+
+/** The flags `serve` (and the other commands that open the cache) take, with their meaning. */
+export const CONFIG_FLAGS: Record<string, string> = {
+  "--config": "JSON config file (env OCICACHE_CONFIG)",
+  "--listen": "address to listen on, [host]:port (default :5000; env OCICACHE_LISTEN)",
+  "--storage": "storage folder (default ./ocicache-data; env OCICACHE_STORAGE)",
+  "--index-url": "libSQL URL of the index (default file:<storage>/index.db; env OCICACHE_INDEX_URL)",
+  "--registry": "prefix=url, add or replace an upstream (repeatable; env OCICACHE_REGISTRIES=a=url,b=url)",
+  "--default-registry": "prefix for unprefixed names, or 'none' (default docker.io; env OCICACHE_DEFAULT_REGISTRY)",
+  "--tag-ttl": "how long a tag is served without asking upstream, e.g. 5m, 30s, 0 (env OCICACHE_TAG_TTL)",
+  "--log-level": "debug | info | warn | error (default info; env OCICACHE_LOG_LEVEL)",
+  "--upstream-timeout": "bound on waiting for upstream response headers (default 30s)",
+  "--idle-timeout": "bound on a silent gap in an upstream body (default 60s)",
+};
+
+/** Parse `5m`, `30s`, `1h`, `250ms` or plain seconds into ms. */
+export function parseDuration(field: string, v: unknown): number {
+  if (typeof v === "number" && Number.isFinite(v) && v >= 0) return v * 1000;
+  const m = typeof v === "string" ? /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v.trim()) : null;
+  if (!m) throw new ConfigError(field, `expected a duration like 30s, 5m or 1h, got ${JSON.stringify(v)}`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "s"]!;
+  return Math.round(Number(m[1]) * unit);
+}
+
+/** Parse `[host]:port` / `host:port` / `:port`. */
+export function parseListen(field: string, v: string): { hostname: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(v.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new ConfigError(field, `expected [host]:port such as :5000 or 127.0.0.1:5000, got ${JSON.stringify(v)}`);
+  return { hostname: m[1] ?? (m[2] || "0.0.0.0"), port };
+}
+
+function parseUrl(field: string, v: unknown): string {
+  let u: URL;
+  try {
+    u = new URL(String(v));
+  } catch {
+    throw new ConfigError(field, `not a URL: ${JSON.stringify(v)}`);
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") throw new ConfigError(field, "must be an http:// or https:// URL");
+  if (u.search || u.hash) throw new ConfigError(field, "must not carry a query or fragment");
+  if (u.username || u.password) throw new ConfigError(field, "put credentials in username/passwordFile, not the URL");
+  return u.origin + u.pathname.replace(/\/+$/, "");
+}
+
+/** Check the prefix rules: non-empty, lowercase, no `/`, unique, none a string-prefix of another. */
+export function checkPrefixes(prefixes: string[]): void {
+  const seen = new Set<string>();
+  for (const p of prefixes) {
+    if (!p) throw new ConfigError("registries", "a registry prefix is empty");
+    if (!/^[a-z0-9][a-z0-9._:-]*$/.test(p)) {
+      throw new ConfigError(`registries.${p}`, "a prefix is lowercase letters, digits, '.', '_', ':' or '-', without '/'");
+    }
+    if (seen.has(p)) throw new ConfigError(`registries.${p}`, "prefix is configured twice");
+    seen.add(p);
+  }
+  for (const a of prefixes) {
+    for (const b of prefixes) {
+      if (a !== b && b.startsWith(a)) {
+        throw new ConfigError(`registries.${b}`, `prefix "${a}" is a string-prefix of "${b}"; choose prefixes that do not start one another`);
+      }
+    }
+  }
+}
+
+/** What a config file may hold (all optional). */
+interface FileConfig {
+  listen?: string;
+  storage?: string;
+  indexUrl?: string;
+  indexAuthTokenEnv?: string;
+  defaultRegistry?: string | null;
+  logLevel?: string;
+  tagTtl?: string | number;
+  upstreamTimeout?: string | number;
+  idleTimeout?: string | number;
+  embeddedRegistries?: boolean;
+  registries?: Record<string, {
+    url?: string;
+    hosts?: string[];
+    dockerHub?: boolean;
+    username?: string;
+    passwordEnv?: string;
+    passwordFile?: string;
+    tagTtl?: string | number;
+  }>;
+}
+
+/** Where {@link loadConfig} reads from. */
+export interface ConfigSources {
+  /** Parsed `--flag value` pairs; `--registry` may repeat. */
+  flags: Map<string, string[]>;
+  env: (name: string) => string | undefined;
+  /** Read a text file (config file, password files). */
+  readText: (path: string) => Promise<string>;
+}
+
+/**
+ * Split argv into flags the config knows. Accepts `--flag value` and `--flag=value`.
+ * Unknown flags and missing values raise a {@link ConfigError}.
+ */
+export function parseFlags(args: string[], known: Record<string, string> = CONFIG_FLAGS): Map<string, string[]> {
+  const flags = new Map<string, string[]>();
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    const eq = a.indexOf("=");
+    const name = eq > 0 && a.startsWith("--") ? a.slice(0, eq) : a;
+    if (!(name in known)) throw new ConfigError(name, `unknown flag (see --help)`);
+    let value: string | undefined;
+    if (eq > 0 && a.startsWith("--")) value = a.slice(eq + 1);
+    else value = args[++i];
+    if (value === undefined) throw new ConfigError(name, "needs a value");
+    flags.set(name, [...(flags.get(name) ?? []), value]);
+  }
+  return flags;
+}
+
+function last(flags: Map<string, string[]>, name: string): string | undefined {
+  const v = flags.get(name);
+  return v?.[v.length - 1];
+}
+
+function parsePairs(field: string, items: string[]): [string, string][] {
+  return items.flatMap((s) => s.split(",")).filter((s) => s.trim()).map((s) => {
+    const eq = s.indexOf("=");
+    if (eq <= 0) throw new ConfigError(field, `expected prefix=url, got ${JSON.stringify(s)}`);
+    return [s.slice(0, eq).trim(), s.slice(eq + 1).trim()];
+  });
+}
+
+/** Build and validate the configuration. Throws {@link ConfigError} with the offending field. */
+export async function loadConfig(src: ConfigSources): Promise<Config> {
+  const { flags, env } = src;
+  const configPath = last(flags, "--config") ?? env("OCICACHE_CONFIG");
+  let file: FileConfig = {};
+  if (configPath) {
+    let text: string;
+    try {
+      text = await src.readText(configPath);
+    } catch (e) {
+      throw new ConfigError("--config", `cannot read ${configPath}: ${(e as Error).message}`);
+    }
+    try {
+      file = JSON.parse(text);
+    } catch (e) {
+      throw new ConfigError("--config", `${configPath} is not valid JSON: ${(e as Error).message}`);
+    }
+    if (!file || typeof file !== "object" || Array.isArray(file)) throw new ConfigError("--config", "must hold a JSON object");
+  }
+
+  const pick = (flag: string, envName: string, fileValue: unknown) => last(flags, flag) ?? env(envName) ?? fileValue;
+
+  const listenRaw = String(pick("--listen", "OCICACHE_LISTEN", file.listen) ?? ":5000");
+  const listen = parseListen("listen", listenRaw);
+  const storage = String(pick("--storage", "OCICACHE_STORAGE", file.storage) ?? "./ocicache-data");
+  if (!storage) throw new ConfigError("storage", "must not be empty");
+  const absStorage = storage.startsWith("/") ? storage : `${cwd()}/${storage.replace(/^\.\//, "")}`;
+  const indexUrl = String(pick("--index-url", "OCICACHE_INDEX_URL", file.indexUrl) ?? `file:${absStorage}/index.db`);
+  if (!/^(file:|libsql:|https?:|wss?:|:memory:)/.test(indexUrl)) {
+    throw new ConfigError("indexUrl", "expected a libSQL URL: file:…, libsql://…, http(s)://… or :memory:");
+  }
+  const logLevel = String(pick("--log-level", "OCICACHE_LOG_LEVEL", file.logLevel) ?? "info") as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError("logLevel", `expected one of ${LOG_LEVELS.join(", ")}`);
+  const ttlRaw = pick("--tag-ttl", "OCICACHE_TAG_TTL", file.tagTtl);
+  const tagTtlMs = ttlRaw === undefined ? DEFAULT_TAG_TTL_MS : parseDuration("tagTtl", ttlRaw);
+  const headersTimeoutMs = parseDuration("upstreamTimeout", pick("--upstream-timeout", "OCICACHE_UPSTREAM_TIMEOUT", file.upstreamTimeout) ?? "30s");
+  const idleTimeoutMs = parseDuration("idleTimeout", pick("--idle-timeout", "OCICACHE_IDLE_TIMEOUT", file.idleTimeout) ?? "60s");
+  if (headersTimeoutMs <= 0) throw new ConfigError("upstreamTimeout", "must be more than 0");
+  if (idleTimeoutMs <= 0) throw new ConfigError("idleTimeout", "must be more than 0");
+
+  const registries = new Map<string, RegistryConfig>();
+  if (file.embeddedRegistries !== false) {
+    for (const r of EMBEDDED_REGISTRIES) registries.set(r.prefix, { ...r, hosts: [...r.hosts], tagTtlMs });
+  }
+  for (const [prefix, r] of Object.entries(file.registries ?? {})) {
+    const field = `registries.${prefix}`;
+    if (!r || typeof r !== "object") throw new ConfigError(field, "must be an object");
+    const base = registries.get(prefix);
+    const url = r.url !== undefined ? parseUrl(`${field}.url`, r.url) : base?.url;
+    if (!url) throw new ConfigError(`${field}.url`, "is required");
+    let password: string | undefined;
+    if (r.passwordEnv) {
+      password = env(r.passwordEnv);
+      if (password === undefined) throw new ConfigError(`${field}.passwordEnv`, `environment variable ${r.passwordEnv} is not set`);
+    }
+    if (r.passwordFile) {
+      try {
+        password = (await src.readText(r.passwordFile)).replace(/\r?\n$/, "");
+      } catch (e) {
+        throw new ConfigError(`${field}.passwordFile`, `cannot read it: ${(e as Error).message}`);
+      }
+    }
+    if (password !== undefined && !r.username) throw new ConfigError(`${field}.username`, "is required with a password");
+    if (r.hosts !== undefined && (!Array.isArray(r.hosts) || r.hosts.some((h) => typeof h !== "string"))) {
+      throw new ConfigError(`${field}.hosts`, "must be a list of host names");
+    }
+    registries.set(prefix, {
+      prefix,
+      url,
+      hosts: r.hosts ?? base?.hosts ?? [new URL(url).host],
+      dockerHub: r.dockerHub ?? base?.dockerHub ?? false,
+      username: r.username,
+      password,
+      tagTtlMs: r.tagTtl !== undefined ? parseDuration(`${field}.tagTtl`, r.tagTtl) : tagTtlMs,
+    });
+  }
+  const cliRegistries = [...(env("OCICACHE_REGISTRIES") ? [env("OCICACHE_REGISTRIES")!] : []), ...(flags.get("--registry") ?? [])];
+  for (const [prefix, rawUrl] of parsePairs("--registry", cliRegistries)) {
+    const url = parseUrl(`--registry ${prefix}`, rawUrl);
+    const base = registries.get(prefix);
+    const host = new URL(url).host;
+    registries.set(prefix, {
+      prefix,
+      url,
+      hosts: [...new Set([...(base?.hosts ?? []), host])],
+      dockerHub: base?.dockerHub ?? false,
+      username: base?.username,
+      password: base?.password,
+      tagTtlMs: base?.tagTtlMs ?? tagTtlMs,
+    });
+  }
+  checkPrefixes([...registries.keys()]);
+
+  let defaultRegistry: string | null = null;
+  const defRaw = pick("--default-registry", "OCICACHE_DEFAULT_REGISTRY", file.defaultRegistry);
+  if (defRaw === undefined) defaultRegistry = registries.has("docker.io") ? "docker.io" : null;
+  else if (defRaw === null || defRaw === "none" || defRaw === "") defaultRegistry = null;
+  else {
+    defaultRegistry = String(defRaw);
+    if (!registries.has(defaultRegistry)) {
+      throw new ConfigError("defaultRegistry", `"${defaultRegistry}" is not a configured prefix (${[...registries.keys()].join(", ")})`);
+    }
+  }
+
+  return {
+    listen,
+    storage: absStorage,
+    indexUrl,
+    indexAuthToken: file.indexAuthTokenEnv ? env(file.indexAuthTokenEnv) : env("OCICACHE_INDEX_AUTH_TOKEN"),
+    registries: [...registries.values()],
+    defaultRegistry,
+    logLevel,
+    upstream: { headersTimeoutMs, idleTimeoutMs },
+  };
+}
+
+function cwd(): string {
+  return process.cwd();
+}

@@ -1,0 +1,78 @@
+/**
+ * The top-level web handler: `/v2/…` to the pull handler, `/healthz`, `/readyz`; method checks,
+ * request ids, one JSON log line per request, and no unhandled error ever reaching a client as
+ * anything but an OCI error body.
+ * @module
+ */
+import type { Logger } from "../log.ts";
+import type { PullHandler, RequestContext } from "../oci/handler.ts";
+import type { Router } from "../oci/router.ts";
+import type { ConnInfo, Handler } from "../runtime/types.ts";
+import { ociError } from "./errors.ts";
+
+/** What the app needs. */
+export interface AppDeps {
+  router: Router;
+  pull: PullHandler;
+  log: Logger;
+  /** Resolves when the service can serve: index answers, storage writable. Rejects with why not. */
+  ready: () => Promise<void>;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** Build the web handler. */
+export function createApp(deps: AppDeps): Handler {
+  return async (req: Request, info: ConnInfo): Promise<Response> => {
+    const started = performance.now();
+    const given = req.headers.get("x-request-id");
+    const id = given && REQUEST_ID.test(given) ? given : crypto.randomUUID();
+    const ctx: RequestContext = { cache: "none" };
+    let url: URL | undefined;
+    let res: Response;
+    try {
+      url = new URL(req.url);
+      res = await dispatch(deps, req, url, ctx);
+    } catch (e) {
+      deps.log.error("unhandled error", { id, path: url?.pathname, error: (e as Error)?.stack ?? String(e) });
+      res = ociError(500, "UNKNOWN", "internal error; see the ocicache log for request id " + id);
+    }
+    res.headers.set("x-request-id", id);
+    deps.log.info("request", {
+      id,
+      method: req.method,
+      path: url?.pathname,
+      status: res.status,
+      bytes: Number(res.headers.get("content-length") ?? -1),
+      ms: Math.round((performance.now() - started) * 10) / 10,
+      cache: ctx.cache,
+      registry: ctx.registry,
+      remote: info.remoteAddr,
+    });
+    return res;
+  };
+}
+
+async function dispatch(deps: AppDeps, req: Request, url: URL, ctx: RequestContext): Promise<Response> {
+  const path = url.pathname;
+  if (path === "/v2" || path.startsWith("/v2/")) {
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      return ociError(405, "UNSUPPORTED", `${req.method} is not supported: ocicache is a read-only pull-through cache`, null, {
+        allow: "GET, HEAD",
+      });
+    }
+    const routed = deps.router.route(url);
+    if (!routed.ok) return routed.response;
+    return await deps.pull.handle(req, routed.route, ctx);
+  }
+  if (path === "/healthz") return Response.json({ status: "ok" });
+  if (path === "/readyz") {
+    try {
+      await deps.ready();
+      return Response.json({ status: "ready" });
+    } catch (e) {
+      return Response.json({ status: "not ready", reason: (e as Error).message }, { status: 503 });
+    }
+  }
+  return ociError(404, "UNSUPPORTED", `no such endpoint: ${path}; the registry API is under /v2/`);
+}

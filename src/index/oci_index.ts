@@ -1,0 +1,178 @@
+/**
+ * The index: what the cache holds (blobs, manifests), which tag points where and when that was
+ * last checked, and which repositories an object was pulled through. Rows are written only after
+ * their file is in place in the store.
+ * @module
+ */
+import type { Client, InValue } from "@libsql/client";
+
+/** A stored blob. */
+export interface BlobRow {
+  digest: string;
+  key: string;
+  size: number;
+}
+
+/** A stored manifest. */
+export interface ManifestRow extends BlobRow {
+  mediaType: string;
+}
+
+/** Where a tag points and when the upstream last confirmed it (ms since epoch). */
+export interface TagRow {
+  digest: string;
+  checkedAt: number;
+}
+
+/** The repository an object was pulled through. */
+export interface RepoRef {
+  registry: string;
+  repository: string;
+}
+
+/** One cached image (repository) for listings. */
+export interface ImageInfo extends RepoRef {
+  tags: { tag: string; digest: string; checkedAt: number }[];
+  /** Objects pulled through this repository. */
+  objects: number;
+  /** Bytes of those objects. */
+  bytes: number;
+  /** When something was last pulled through it (ms since epoch). */
+  lastPulled: number;
+}
+
+/** The index API over libSQL. */
+export class Index {
+  constructor(private readonly db: Client) {}
+
+  async #one(sql: string, args: InValue[]) {
+    return (await this.db.execute({ sql, args })).rows[0];
+  }
+
+  /** The blob with this digest, or null. */
+  async getBlob(digest: string): Promise<BlobRow | null> {
+    const r = await this.#one("SELECT key, size FROM blobs WHERE digest = ?", [digest]);
+    return r ? { digest, key: String(r.key), size: Number(r.size) } : null;
+  }
+
+  /** The manifest with this digest, or null. */
+  async getManifest(digest: string): Promise<ManifestRow | null> {
+    const r = await this.#one("SELECT key, size, media_type FROM manifests WHERE digest = ?", [digest]);
+    return r ? { digest, key: String(r.key), size: Number(r.size), mediaType: String(r.media_type) } : null;
+  }
+
+  /** Where a tag points, or null when the cache has never resolved it. */
+  async getTagDigest(registry: string, repository: string, tag: string): Promise<TagRow | null> {
+    const r = await this.#one(
+      "SELECT digest, checked_at FROM tags WHERE registry = ? AND repository = ? AND tag = ?",
+      [registry, repository, tag],
+    );
+    return r ? { digest: String(r.digest), checkedAt: Number(r.checked_at) } : null;
+  }
+
+  /** Point a tag at a digest, confirmed by the upstream at `now`. */
+  async setTagDigest(registry: string, repository: string, tag: string, digest: string, now = Date.now()) {
+    await this.db.execute({
+      sql: `INSERT INTO tags (registry, repository, tag, digest, checked_at) VALUES (?, ?, ?, ?, ?)
+            ON CONFLICT (registry, repository, tag) DO UPDATE SET digest = excluded.digest, checked_at = excluded.checked_at`,
+      args: [registry, repository, tag, digest, now],
+    });
+  }
+
+  /** The upstream confirmed the tag still points where it did. */
+  async refreshTag(registry: string, repository: string, tag: string, now = Date.now()) {
+    await this.db.execute({
+      sql: "UPDATE tags SET checked_at = ? WHERE registry = ? AND repository = ? AND tag = ?",
+      args: [now, registry, repository, tag],
+    });
+  }
+
+  /** Forget a tag (the upstream says it no longer exists). */
+  async deleteTag(registry: string, repository: string, tag: string) {
+    await this.db.execute({
+      sql: "DELETE FROM tags WHERE registry = ? AND repository = ? AND tag = ?",
+      args: [registry, repository, tag],
+    });
+  }
+
+  /** Tags known for a repository, sorted as the distribution registry sorts them (lexically). */
+  async listTags(registry: string, repository: string): Promise<string[]> {
+    const rs = await this.db.execute({
+      sql: "SELECT tag FROM tags WHERE registry = ? AND repository = ? ORDER BY tag",
+      args: [registry, repository],
+    });
+    return rs.rows.map((r) => String(r.tag));
+  }
+
+  /** Record a stored blob (its file is already in place) and the repository it came through. */
+  async putBlob(row: BlobRow, via: RepoRef, now = Date.now()) {
+    await this.db.batch([
+      {
+        sql: "INSERT INTO blobs (digest, key, size, stored_at) VALUES (?, ?, ?, ?) ON CONFLICT (digest) DO UPDATE SET key = excluded.key, size = excluded.size",
+        args: [row.digest, row.key, row.size, now],
+      },
+      repoObject(via, row.digest, "blob", now),
+    ], "write");
+  }
+
+  /** Record a stored manifest (its file is already in place) and the repository it came through. */
+  async putManifest(row: ManifestRow, via: RepoRef, now = Date.now()) {
+    await this.db.batch([
+      {
+        sql: "INSERT INTO manifests (digest, key, size, media_type, stored_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (digest) DO UPDATE SET key = excluded.key, size = excluded.size, media_type = excluded.media_type",
+        args: [row.digest, row.key, row.size, row.mediaType, now],
+      },
+      repoObject(via, row.digest, "manifest", now),
+    ], "write");
+  }
+
+  /** Every repository that has something cached, with its tags and sizes. */
+  async listImages(): Promise<ImageInfo[]> {
+    const objs = await this.db.execute(
+      `SELECT o.registry, o.repository, count(*) AS objects, max(o.last_pulled) AS last_pulled,
+              coalesce(sum(coalesce(b.size, m.size, 0)), 0) AS bytes
+         FROM repo_objects o
+         LEFT JOIN blobs b ON o.kind = 'blob' AND b.digest = o.digest
+         LEFT JOIN manifests m ON o.kind = 'manifest' AND m.digest = o.digest
+        GROUP BY o.registry, o.repository ORDER BY o.registry, o.repository`,
+    );
+    const tags = await this.db.execute(
+      "SELECT registry, repository, tag, digest, checked_at FROM tags ORDER BY registry, repository, tag",
+    );
+    const byRepo = new Map<string, ImageInfo>();
+    for (const r of objs.rows) {
+      const info: ImageInfo = {
+        registry: String(r.registry),
+        repository: String(r.repository),
+        tags: [],
+        objects: Number(r.objects),
+        bytes: Number(r.bytes),
+        lastPulled: Number(r.last_pulled),
+      };
+      byRepo.set(`${info.registry}\n${info.repository}`, info);
+    }
+    for (const r of tags.rows) {
+      const info = byRepo.get(`${r.registry}\n${r.repository}`);
+      info?.tags.push({ tag: String(r.tag), digest: String(r.digest), checkedAt: Number(r.checked_at) });
+    }
+    return [...byRepo.values()];
+  }
+
+  /** Close the connection. */
+  close(): void {
+    this.db.close();
+  }
+
+  /** A cheap query that proves the index answers. */
+  async ping(): Promise<void> {
+    await this.db.execute("SELECT 1");
+  }
+}
+
+function repoObject(via: RepoRef, digest: string, kind: string, now: number) {
+  return {
+    sql: `INSERT INTO repo_objects (registry, repository, digest, kind, last_pulled) VALUES (?, ?, ?, ?, ?)
+          ON CONFLICT (registry, repository, digest) DO UPDATE SET last_pulled = excluded.last_pulled`,
+    args: [via.registry, via.repository, digest, kind, now],
+  };
+}

@@ -1,0 +1,461 @@
+/**
+ * The pull flows: manifests by tag and by digest, blobs (with ranges), tag lists — served from
+ * the store when it can, from the upstream (and stored) when it must.
+ * @module
+ */
+import type { RegistryConfig } from "../config.ts";
+import { ociError, type ErrorCode } from "../http/errors.ts";
+import { contentRange, parseRange } from "../http/range.ts";
+import type { Index, ManifestRow } from "../index/oci_index.ts";
+import type { Logger } from "../log.ts";
+import type { Files } from "../runtime/types.ts";
+import type { Cafs } from "../store/cafs.ts";
+import { Flight, type FlightStart, Flights } from "../download/flight.ts";
+import { type Digest, digestOf, parseDigest } from "./digest.ts";
+import { accepts, manifestMediaType, upstreamAccept } from "./media_types.ts";
+import type { Route, Target } from "./router.ts";
+import type { Upstream, UpstreamResult } from "./upstream.ts";
+
+/** How a request was answered, for logs and metrics. */
+export type CacheResult = "hit" | "miss" | "stale" | "coalesced" | "revalidated" | "pass" | "none";
+
+/** Per-request facts the handler reports back. */
+export interface RequestContext {
+  cache: CacheResult;
+  registry?: string;
+}
+
+/** Largest manifest accepted from an upstream (the distribution registry's default limit). */
+export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+
+/** What the pull handler works with. */
+export interface PullDeps {
+  index: Index;
+  cafs: Cafs;
+  files: Files;
+  flights: Flights;
+  upstream: (registry: RegistryConfig) => Upstream;
+  log: Logger;
+  now?: () => number;
+}
+
+const API_VERSION = { "docker-distribution-api-version": "registry/2.0" };
+
+/** Serves routed pull requests. */
+export class PullHandler {
+  readonly #now: () => number;
+
+  constructor(private readonly deps: PullDeps) {
+    this.#now = deps.now ?? Date.now;
+  }
+
+  /** Answer a routed GET or HEAD. */
+  handle(req: Request, route: Route, ctx: RequestContext): Promise<Response> {
+    const head = req.method === "HEAD";
+    switch (route.kind) {
+      case "base":
+        ctx.cache = "none";
+        return Promise.resolve(new Response(head ? null : "{}", {
+          headers: { "content-type": "application/json", "content-length": "2", ...API_VERSION },
+        }));
+      case "manifest":
+        ctx.registry = route.target.registry.prefix;
+        return route.tag !== undefined
+          ? this.manifestByTag(req, route.target, route.tag, ctx)
+          : this.manifestByDigest(req, route.target, route.digest, ctx);
+      case "blob":
+        ctx.registry = route.target.registry.prefix;
+        return this.blob(req, route.target, route.digest, ctx);
+      case "tags":
+        ctx.registry = route.target.registry.prefix;
+        return this.tags(req, route.target, ctx);
+    }
+  }
+
+  async manifestByTag(req: Request, t: Target, tag: string, ctx: RequestContext): Promise<Response> {
+    const { index } = this.deps;
+    const accept = req.headers.get("accept");
+    const head = req.method === "HEAD";
+    const reg = t.registry.prefix;
+    const row = await index.getTagDigest(reg, t.name, tag);
+    const cached = row ? await index.getManifest(row.digest) : null;
+    if (row && cached && accepts(accept, cached.mediaType)) {
+      if (this.#now() - row.checkedAt < t.registry.tagTtlMs) {
+        ctx.cache = "hit";
+        return this.#serveManifest(cached, head);
+      }
+      // Stale: ask with a HEAD (Docker Hub does not count it as a pull).
+      const r = await this.#up(t).manifest("HEAD", t.name, tag, upstreamAccept(accept));
+      if (!r.ok || isUpstreamFailure(r)) {
+        ctx.cache = "stale";
+        this.deps.log.warn("upstream failed, serving stale tag", {
+          registry: reg, repository: t.name, tag, digest: cached.digest, reason: failureReason(r),
+        });
+        if (r.ok) await r.response.body?.cancel();
+        return this.#serveManifest(cached, head, { warning: '110 - "Response is Stale"' });
+      }
+      const res = r.response;
+      await res.body?.cancel();
+      if (res.status === 200 && res.headers.get("docker-content-digest") === cached.digest) {
+        await index.refreshTag(reg, t.name, tag, this.#now());
+        ctx.cache = "revalidated";
+        return this.#serveManifest(cached, head);
+      }
+      if (res.status === 404) {
+        await index.deleteTag(reg, t.name, tag);
+        return upstreamError(r, "MANIFEST_UNKNOWN", t);
+      }
+      if (res.status !== 200) return upstreamError(r, "MANIFEST_UNKNOWN", t);
+      // The tag moved: fetch it below.
+    }
+    if (head) return this.#headManifest(t, tag, accept, ctx);
+    ctx.cache = "miss";
+    return this.#fetchManifest(t, { tag }, accept);
+  }
+
+  async manifestByDigest(req: Request, t: Target, digest: Digest, ctx: RequestContext): Promise<Response> {
+    const head = req.method === "HEAD";
+    const cached = await this.deps.index.getManifest(digest.value);
+    if (cached) {
+      ctx.cache = "hit";
+      return this.#serveManifest(cached, head);
+    }
+    if (head) return this.#headManifest(t, digest.value, req.headers.get("accept"), ctx);
+    ctx.cache = "miss";
+    return this.#fetchManifest(t, { digest }, req.headers.get("accept"));
+  }
+
+  /** HEAD of a manifest the cache does not hold: ask the upstream with a HEAD too. */
+  async #headManifest(t: Target, reference: string, accept: string | null, ctx: RequestContext): Promise<Response> {
+    ctx.cache = "pass";
+    const r = await this.#up(t).manifest("HEAD", t.name, reference, upstreamAccept(accept));
+    if (!r.ok || r.response.status !== 200) return upstreamError(r, "MANIFEST_UNKNOWN", t);
+    await r.response.body?.cancel();
+    const h = r.response.headers;
+    const digest = h.get("docker-content-digest");
+    // A tag that resolves to a manifest already held: remember the tag (containerd resolves
+    // tags with HEAD and then fetches by digest, so this is how its tags become known).
+    if (digest && !reference.includes(":")) {
+      const held = await this.deps.index.getManifest(digest);
+      if (held && accepts(accept, held.mediaType)) {
+        await this.deps.index.setTagDigest(t.registry.prefix, t.name, reference, digest, this.#now());
+        ctx.cache = "hit";
+        return this.#serveManifest(held, true);
+      }
+    }
+    return new Response(null, { status: 200, headers: copyHeaders(h, ["content-type", "content-length", "docker-content-digest", "etag"]) });
+  }
+
+  async #fetchManifest(t: Target, ref: { tag: string } | { digest: Digest }, accept: string | null): Promise<Response> {
+    const reference = "tag" in ref ? ref.tag : ref.digest.value;
+    const r = await this.#up(t).manifest("GET", t.name, reference, upstreamAccept(accept));
+    if (!r.ok || r.response.status !== 200) return upstreamError(r, "MANIFEST_UNKNOWN", t);
+    const res = r.response;
+    const read = await readLimited(res, MAX_MANIFEST_BYTES);
+    if (!read.ok) return ociError(502, "MANIFEST_INVALID", `upstream manifest ${t.name}:${reference} ${read.reason}`);
+    const bytes = read.bytes;
+    const algorithm = "digest" in ref ? ref.digest.algorithm : "sha256";
+    const computed = digestOf(bytes, algorithm);
+    if ("digest" in ref && computed !== ref.digest.value) {
+      return ociError(502, "DIGEST_INVALID", `upstream sent a manifest whose digest is ${computed}, not ${ref.digest.value}; nothing was cached`);
+    }
+    const announced = res.headers.get("docker-content-digest");
+    const announcedDigest = announced ? parseDigest(announced) : null;
+    if (announcedDigest && digestOf(bytes, announcedDigest.algorithm) !== announcedDigest.value) {
+      return ociError(502, "DIGEST_INVALID", `upstream announced ${announced} but the manifest bytes hash to ${digestOf(bytes, announcedDigest.algorithm)}; nothing was cached`);
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(new TextDecoder().decode(bytes));
+    } catch {
+      return ociError(502, "MANIFEST_INVALID", `upstream manifest ${t.name}:${reference} is not JSON; nothing was cached`);
+    }
+    const mediaType = manifestMediaType(res.headers.get("content-type"), parsed);
+    if (!mediaType) return ociError(502, "MANIFEST_INVALID", `upstream manifest ${t.name}:${reference} has no media type`);
+    const stored = await this.deps.cafs.putBytes(bytes);
+    const row: ManifestRow = { digest: computed, key: stored.key, size: bytes.length, mediaType };
+    const via = { registry: t.registry.prefix, repository: t.name };
+    await this.deps.index.putManifest(row, via, this.#now());
+    if ("tag" in ref) await this.deps.index.setTagDigest(t.registry.prefix, t.name, ref.tag, computed, this.#now());
+    return manifestResponse(row, bytes, false);
+  }
+
+  async #serveManifest(row: ManifestRow, head: boolean, extra?: { warning: string }): Promise<Response> {
+    const bytes = head ? null : await this.deps.cafs.readAll(row.key);
+    const res = manifestResponse(row, bytes, head);
+    if (extra) res.headers.set("warning", extra.warning);
+    return res;
+  }
+
+  async blob(req: Request, t: Target, digest: Digest, ctx: RequestContext): Promise<Response> {
+    const head = req.method === "HEAD";
+    const row = await this.deps.index.getBlob(digest.value);
+    if (row && (await this.deps.cafs.size(row.key)) === row.size) {
+      ctx.cache = "hit";
+      const range = parseRange(head ? null : req.headers.get("range"), row.size);
+      if (range.kind === "unsatisfiable") return rangeNotSatisfiable(row.size);
+      const [start, end] = range.kind === "partial" ? [range.start, range.end] : [0, row.size - 1];
+      const headers = blobHeaders(digest.value, end - start + 1);
+      if (range.kind === "partial") headers.set("content-range", contentRange(row.size, range));
+      const status = range.kind === "partial" ? 206 : 200;
+      if (head || row.size === 0) return new Response(null, { status, headers });
+      return new Response(await this.deps.cafs.body(row.key, start, end), { status, headers });
+    }
+    if (head) {
+      ctx.cache = "pass";
+      const r = await this.#up(t).blob("HEAD", t.name, digest.value);
+      if (!r.ok || r.response.status !== 200) return upstreamError(r, "BLOB_UNKNOWN", t);
+      await r.response.body?.cancel();
+      const len = r.response.headers.get("content-length");
+      const headers = blobHeaders(digest.value, len === null ? undefined : Number(len));
+      return new Response(null, { status: 200, headers });
+    }
+    const joined = this.deps.flights.join(digest.value, () => this.#startFlight(t, digest));
+    ctx.cache = joined.coalesced ? "coalesced" : "miss";
+    const start = await joined.start;
+    if (!start.ok) return start.response();
+    return flightResponse(start.flight, req.headers.get("range"));
+  }
+
+  async #startFlight(t: Target, digest: Digest): Promise<FlightStart> {
+    const r = await this.#up(t).blob("GET", t.name, digest.value);
+    if (!r.ok || r.response.status !== 200 || !r.response.body) {
+      // Every joined client gets its own copy of the error.
+      const status = r.ok ? r.response.status : 0;
+      const retryAfter = r.ok ? r.response.headers.get("retry-after") : null;
+      const upstreamCode = r.ok ? await errorCodeOf(r.response) : undefined;
+      const failure = r.ok ? undefined : r;
+      return {
+        ok: false,
+        response: () => mapUpstream(status, failure, upstreamCode, retryAfter, "BLOB_UNKNOWN", t),
+      };
+    }
+    const len = r.response.headers.get("content-length");
+    const size = len !== null && /^\d+$/.test(len) ? Number(len) : undefined;
+    const via = { registry: t.registry.prefix, repository: t.name };
+    const flight = new Flight({
+      digest,
+      body: r.response.body,
+      size,
+      cafs: this.deps.cafs,
+      files: this.deps.files,
+      onStored: (obj) => this.deps.index.putBlob({ digest: digest.value, key: obj.key, size: obj.size }, via, this.#now()),
+    });
+    flight.done.then((o) => {
+      if (o.ok) this.deps.log.info("blob stored", { digest: digest.value, size: o.stored.size, registry: via.registry, repository: via.repository });
+      else this.deps.log.warn("blob download failed; nothing cached", { digest: digest.value, registry: via.registry, repository: via.repository, error: o.error.message });
+    });
+    return { ok: true, flight };
+  }
+
+  async tags(req: Request, t: Target, ctx: RequestContext): Promise<Response> {
+    const url = new URL(req.url);
+    const nRaw = url.searchParams.get("n");
+    const last = url.searchParams.get("last");
+    if (nRaw !== null && !/^\d{1,9}$/.test(nRaw)) {
+      return ociError(400, "PAGINATION_NUMBER_INVALID", `n must be a non-negative integer, got ${JSON.stringify(nRaw)}`);
+    }
+    const q = new URLSearchParams();
+    if (nRaw !== null) q.set("n", nRaw);
+    if (last !== null) q.set("last", last);
+    const query = q.size ? `?${q}` : "";
+    const clientName = t.clientPath.slice("/v2/".length);
+    const r = await this.#up(t).tags(t.name, query);
+    if (r.ok && r.response.status === 200) {
+      ctx.cache = "pass";
+      let body: { tags?: unknown };
+      try {
+        body = await r.response.json();
+      } catch {
+        return ociError(502, "UNAVAILABLE", `upstream tag list for ${t.name} is not JSON`);
+      }
+      const headers = new Headers({ "content-type": "application/json", ...API_VERSION });
+      const link = r.response.headers.get("link");
+      if (link) headers.set("link", rewriteLink(link, t, url));
+      const tags = Array.isArray(body.tags) ? body.tags : [];
+      return Response.json({ name: clientName, tags }, { headers });
+    }
+    if (isUpstreamFailure(r)) {
+      const known = await this.deps.index.listTags(t.registry.prefix, t.name);
+      if (known.length) {
+        ctx.cache = "stale";
+        if (r.ok) await r.response.body?.cancel();
+        let tags = last !== null ? known.filter((x) => x > last) : known;
+        const n = nRaw !== null ? Number(nRaw) : undefined;
+        const headers = new Headers({ "content-type": "application/json", warning: '110 - "Response is Stale"', ...API_VERSION });
+        if (n !== undefined && tags.length > n) {
+          tags = tags.slice(0, n);
+          const next = new URL(url);
+          next.searchParams.set("last", tags[tags.length - 1] ?? "");
+          next.searchParams.set("n", String(n));
+          headers.set("link", `<${next.pathname}${next.search}>; rel="next"`);
+        }
+        this.deps.log.warn("upstream failed, serving cached tag list", { registry: t.registry.prefix, repository: t.name, reason: failureReason(r) });
+        return Response.json({ name: clientName, tags }, { headers });
+      }
+    }
+    return upstreamError(r, "NAME_UNKNOWN", t);
+  }
+
+  #up(t: Target): Upstream {
+    return this.deps.upstream(t.registry);
+  }
+}
+
+function copyHeaders(from: Headers, names: string[]): Headers {
+  const h = new Headers(API_VERSION);
+  for (const n of names) {
+    const v = from.get(n);
+    if (v !== null) h.set(n, v);
+  }
+  return h;
+}
+
+function manifestResponse(row: ManifestRow, bytes: Uint8Array | null, head: boolean): Response {
+  const headers = new Headers({
+    "content-type": row.mediaType,
+    "content-length": String(row.size),
+    "docker-content-digest": row.digest,
+    etag: `"${row.digest}"`,
+    ...API_VERSION,
+  });
+  return new Response(head ? null : (bytes as Uint8Array<ArrayBuffer>), { status: 200, headers });
+}
+
+function blobHeaders(digest: string, length: number | undefined): Headers {
+  const h = new Headers({
+    "content-type": "application/octet-stream",
+    "docker-content-digest": digest,
+    "accept-ranges": "bytes",
+    etag: `"${digest}"`,
+    "cache-control": "max-age=31536000",
+    ...API_VERSION,
+  });
+  if (length !== undefined) h.set("content-length", String(length));
+  return h;
+}
+
+function rangeNotSatisfiable(size: number): Response {
+  return ociError(416, "RANGE_INVALID", `requested range is not satisfiable for a blob of ${size} bytes`, null, {
+    "content-range": contentRange(size),
+  });
+}
+
+/** The response for a client of a running download. */
+function flightResponse(flight: Flight, rangeHeader: string | null): Response {
+  const size = flight.size;
+  const digest = flight.digest.value;
+  if (size !== undefined) {
+    const range = parseRange(rangeHeader, size);
+    if (range.kind === "unsatisfiable") return rangeNotSatisfiable(size);
+    if (range.kind === "partial") {
+      const headers = blobHeaders(digest, range.end - range.start + 1);
+      headers.set("content-range", contentRange(size, range));
+      return new Response(flight.stream(range.start, range.end), { status: 206, headers });
+    }
+    if (size === 0) return new Response(null, { status: 200, headers: blobHeaders(digest, 0) });
+  }
+  return new Response(flight.stream(), { status: 200, headers: blobHeaders(digest, size) });
+}
+
+/** True for what stale-if-error covers: no answer, 5xx, 429. */
+function isUpstreamFailure(r: UpstreamResult): boolean {
+  return !r.ok || r.response.status >= 500 || r.response.status === 429;
+}
+
+function failureReason(r: UpstreamResult): string {
+  return r.ok ? `upstream answered ${r.response.status}` : r.message;
+}
+
+async function errorCodeOf(res: Response): Promise<ErrorCode | undefined> {
+  try {
+    const text = await res.text();
+    const code = JSON.parse(text)?.errors?.[0]?.code;
+    return typeof code === "string" && /^[A-Z_]{3,40}$/.test(code) ? (code as ErrorCode) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Map an upstream that failed or answered other than 200 to the client's error. */
+async function upstreamError(r: UpstreamResult, notFound: ErrorCode, t: Target): Promise<Response> {
+  if (!r.ok) return mapUpstream(0, r, undefined, null, notFound, t);
+  const res = r.response;
+  const code = res.status >= 400 && res.status < 500 ? await errorCodeOf(res) : (await res.body?.cancel(), undefined);
+  return mapUpstream(res.status, undefined, code, res.headers.get("retry-after"), notFound, t);
+}
+
+function mapUpstream(
+  status: number,
+  failure: Extract<UpstreamResult, { ok: false }> | undefined,
+  code: ErrorCode | undefined,
+  retryAfter: string | null,
+  notFound: ErrorCode,
+  t: Target,
+): Response {
+  const host = new URL(t.registry.url).host;
+  const extra: Record<string, string> = retryAfter ? { "retry-after": retryAfter } : {};
+  if (failure) {
+    return failure.kind === "timeout"
+      ? ociError(504, "UNAVAILABLE", `upstream ${host} timed out: ${failure.message}`)
+      : ociError(502, "UNAVAILABLE", `upstream ${host} is unreachable: ${failure.message}`);
+  }
+  switch (status) {
+    case 404:
+      return ociError(404, code === "NAME_UNKNOWN" ? code : notFound, `${t.name}: not found upstream at ${host}`);
+    case 401:
+      return ociError(401, "UNAUTHORIZED", `upstream ${host} refused ${t.name}: authentication required (check the registry's username/password in the ocicache config)`);
+    case 403:
+      return ociError(403, "DENIED", `upstream ${host} denied access to ${t.name}`);
+    case 429:
+      return ociError(429, "TOOMANYREQUESTS", `upstream ${host} is rate-limiting; retry later`, null, extra);
+    case 503:
+      return ociError(503, "UNAVAILABLE", `upstream ${host} is unavailable (503)`, null, extra);
+    case 504:
+      return ociError(504, "UNAVAILABLE", `upstream ${host} timed out (504)`, null, extra);
+  }
+  if (status >= 500) return ociError(502, "UNAVAILABLE", `upstream ${host} failed with ${status}`, null, extra);
+  if (status >= 400) return ociError(status, code ?? notFound, `upstream ${host} answered ${status} for ${t.name}`);
+  return ociError(502, "UNAVAILABLE", `upstream ${host} answered an unexpected ${status} for ${t.name}`);
+}
+
+/** Point an upstream's `Link: <…/tags/list?…>; rel="next"` at this cache's path for the repo. */
+function rewriteLink(link: string, t: Target, reqUrl: URL): string {
+  return link.replace(/<([^>]*)>/, (_m, href: string) => {
+    const u = new URL(href, "http://upstream.invalid");
+    const next = new URLSearchParams(u.search);
+    const ns = reqUrl.searchParams.get("ns");
+    if (ns !== null) next.set("ns", ns);
+    return `<${t.clientPath}/tags/list?${next}>`;
+  });
+}
+
+/** Read a body up to `limit` bytes. */
+async function readLimited(res: Response, limit: number): Promise<{ ok: true; bytes: Uint8Array } | { ok: false; reason: string }> {
+  const len = res.headers.get("content-length");
+  if (len !== null && Number(len) > limit) {
+    await res.body?.cancel();
+    return { ok: false, reason: `is ${len} bytes, over the ${limit}-byte limit` };
+  }
+  if (!res.body) return { ok: true, bytes: new Uint8Array() };
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  try {
+    for await (const c of res.body) {
+      total += c.length;
+      if (total > limit) {
+        return { ok: false, reason: `is over the ${limit}-byte limit` };
+      }
+      chunks.push(c);
+    }
+  } catch (e) {
+    return { ok: false, reason: `broke off: ${(e as Error).message}` };
+  }
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const c of chunks) {
+    out.set(c, off);
+    off += c.length;
+  }
+  return { ok: true, bytes: out };
+}

@@ -1,0 +1,166 @@
+/**
+ * Content-addressable file store: each distinct content is one file, named by its BLAKE3 hash,
+ * under `<root>/blobs/<first two hex>/<hex>`. Files are written once — into `<root>/tmp`, fsynced,
+ * then renamed into place — so a reader never sees a partial file under a final name.
+ * @module
+ */
+import { createBLAKE3 } from "hash-wasm";
+import { join } from "node:path";
+import type { Hash } from "node:crypto";
+import { digester, type Digest } from "../oci/digest.ts";
+import type { Files } from "../runtime/types.ts";
+
+/** What a finished write produced. */
+export interface StoredObject {
+  /** BLAKE3 hex of the content: its name in the store. */
+  key: string;
+  size: number;
+}
+
+type Blake3 = Awaited<ReturnType<typeof createBLAKE3>>;
+
+/**
+ * One object being written: bytes go to a temp file while BLAKE3 (the store key) and the OCI
+ * digest are computed in the same pass. Nothing is visible under a final name before
+ * {@link CafsWriter.commit}.
+ */
+export class CafsWriter {
+  #size = 0;
+  #ociDigest: string | undefined;
+  #closed = false;
+
+  /** @internal Use {@link Cafs.writer}. */
+  constructor(
+    private readonly cafs: Cafs,
+    private readonly temp: import("../runtime/types.ts").TempFile,
+    private readonly blake: Blake3,
+    private readonly sha: Hash,
+    private readonly algorithm: Digest["algorithm"],
+  ) {}
+
+  /** The temp file's path: readers may follow the bytes written so far. */
+  get path(): string {
+    return this.temp.path;
+  }
+
+  /** Bytes written so far. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** Append a chunk and hash it. */
+  async write(chunk: Uint8Array): Promise<void> {
+    await this.temp.write(chunk);
+    this.blake.update(chunk);
+    this.sha.update(chunk);
+    this.#size += chunk.length;
+  }
+
+  /** The OCI digest (`algorithm:hex`) of everything written. Call once writing is done. */
+  ociDigest(): string {
+    this.#ociDigest ??= `${this.algorithm}:${this.sha.digest("hex")}`;
+    return this.#ociDigest;
+  }
+
+  /**
+   * fsync, close and rename into place. If identical content is already stored, the temp file
+   * is dropped instead (dedupe). Returns the store key and size.
+   */
+  async commit(): Promise<StoredObject> {
+    await this.temp.sync();
+    await this.#close();
+    const key = this.blake.digest("hex");
+    await this.cafs.adopt(this.temp.path, key);
+    return { key, size: this.#size };
+  }
+
+  /** Close and remove the temp file; nothing is stored. Safe to call more than once. */
+  async abort(): Promise<void> {
+    await this.#close().catch(() => {});
+    await this.cafs.files.remove(this.temp.path);
+  }
+
+  async #close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.temp.close();
+  }
+}
+
+/** The content-addressable store. */
+export class Cafs {
+  /** Where temp files live: same filesystem as the blobs, so rename is atomic. */
+  readonly tmpDir: string;
+  readonly blobDir: string;
+
+  constructor(readonly files: Files, readonly root: string) {
+    this.tmpDir = join(root, "tmp");
+    this.blobDir = join(root, "blobs");
+  }
+
+  /** Create the folders and clear temp files a previous run left behind. */
+  async init(): Promise<void> {
+    await this.files.mkdir(this.blobDir);
+    await this.files.mkdir(this.tmpDir);
+    for (const name of await this.files.list(this.tmpDir)) {
+      await this.files.remove(join(this.tmpDir, name));
+    }
+  }
+
+  /** The path of the object with this key. */
+  pathOf(key: string): string {
+    if (!/^[0-9a-f]{64}$/.test(key)) throw new Error(`not a store key: ${key}`);
+    return join(this.blobDir, key.slice(0, 2), key);
+  }
+
+  /** Start writing a new object; `algorithm` is the OCI digest computed alongside. */
+  async writer(algorithm: Digest["algorithm"] = "sha256"): Promise<CafsWriter> {
+    const [temp, blake] = await Promise.all([this.files.createTemp(this.tmpDir, "obj"), createBLAKE3()]);
+    blake.init();
+    return new CafsWriter(this, temp, blake, digester(algorithm), algorithm);
+  }
+
+  /** Store a small object held in memory (a manifest). */
+  async putBytes(bytes: Uint8Array): Promise<StoredObject> {
+    const w = await this.writer();
+    try {
+      await w.write(bytes);
+      return await w.commit();
+    } catch (e) {
+      await w.abort();
+      throw e;
+    }
+  }
+
+  /** @internal Move a finished temp file to the final name for `key`, or drop it if present. */
+  async adopt(tempPath: string, key: string): Promise<void> {
+    const dest = this.pathOf(key);
+    if (await this.files.stat(dest)) {
+      await this.files.remove(tempPath);
+      return;
+    }
+    await this.files.mkdir(join(this.blobDir, key.slice(0, 2)));
+    await this.files.rename(tempPath, dest);
+  }
+
+  /** Size of a stored object, or null when it is not there. */
+  async size(key: string): Promise<number | null> {
+    const s = await this.files.stat(this.pathOf(key));
+    return s?.isFile ? s.size : null;
+  }
+
+  /** A response body of bytes `start..end` (inclusive). */
+  body(key: string, start: number, end: number): Promise<BodyInit> {
+    return this.files.body(this.pathOf(key), start, end);
+  }
+
+  /** Read a whole (small) object. */
+  readAll(key: string): Promise<Uint8Array> {
+    return this.files.readAll(this.pathOf(key));
+  }
+
+  /** Delete an object. */
+  remove(key: string): Promise<void> {
+    return this.files.remove(this.pathOf(key));
+  }
+}

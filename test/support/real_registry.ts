@@ -1,0 +1,210 @@
+/**
+ * A real CNCF distribution registry (Debian's `docker-registry` 2.8.x) for end-to-end
+ * tests, plus helpers to detect the e2e binaries and skip (or fail) when they are missing.
+ * Uses only node: built-ins and fetch, so it runs under Deno and Bun.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { accessSync, constants } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { delimiter, join } from "node:path";
+
+/** A running docker-registry process. */
+export interface RealRegistry {
+  /** Base URL, e.g. `http://127.0.0.1:40123` (no trailing slash). */
+  url: string;
+  /** `127.0.0.1:PORT`, the form skopeo / ctr want in `docker://HOST/REPO:TAG`. */
+  hostPort: string;
+  /** Storage root directory (inside the temp dir removed by stop()). */
+  rootDir: string;
+  /** The last ~64 KiB of the registry's stdout+stderr, for diagnostics. */
+  logs(): string;
+  /** Kills the process (SIGTERM, then SIGKILL after 5 s), awaits exit, removes temp dirs. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/** Options for {@link startDockerRegistry}. */
+export interface StartRegistryOptions {
+  /** Makes the registry a pull-through cache of this upstream (e.g. another RealRegistry's url). */
+  proxyRemoteUrl?: string;
+  /** Readiness bound in ms (default 10000). */
+  readyTimeoutMs?: number;
+}
+
+/** Binaries an e2e test may need. */
+export type E2ETool = "docker-registry" | "skopeo" | "ctr" | "containerd";
+
+/** Debian package that provides each tool. */
+export const APT_PACKAGE: Record<E2ETool, string> = {
+  "docker-registry": "docker-registry",
+  skopeo: "skopeo",
+  ctr: "containerd",
+  containerd: "containerd",
+};
+
+/** Full path of `name` if an executable of that name is on PATH, else undefined. */
+export function which(name: string): string | undefined {
+  for (const dir of (process.env.PATH ?? "").split(delimiter)) {
+    if (!dir) continue;
+    const p = join(dir, name);
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** Which e2e binaries are on PATH. */
+export function e2eTools(): { dockerRegistry: boolean; skopeo: boolean; ctr: boolean; containerd: boolean } {
+  return {
+    dockerRegistry: which("docker-registry") !== undefined,
+    skopeo: which("skopeo") !== undefined,
+    ctr: which("ctr") !== undefined,
+    containerd: which("containerd") !== undefined,
+  };
+}
+
+/**
+ * Checks that every tool is on PATH. Returns true when all are present.
+ * When one is missing: with env OCICACHE_E2E_REQUIRED=1 throws (the test fails),
+ * otherwise prints a loud "SKIPPED: …" notice to stderr, calls `t.skip(msg)` if `t`
+ * has one, and returns false — the caller must then `return` (t.skip does not stop
+ * the test body; Bun reports the test as skipped, Deno's node:test reports it as ok).
+ *
+ * Usage: `test("x", async (t) => { if (!requireOrSkip(t, ["skopeo"])) return; ... })`.
+ * `t` may be undefined (e.g. from a `before` hook).
+ */
+export function requireOrSkip(t: { skip?: (message?: string) => void } | undefined, tools: E2ETool[]): boolean {
+  const missing = tools.filter((tool) => which(tool) === undefined);
+  if (missing.length === 0) return true;
+  const pkgs = [...new Set(missing.map((m) => APT_PACKAGE[m] ?? m))].join(" ");
+  const msg = `${missing.join(", ")} not installed; apt-get install ${pkgs}`;
+  if (process.env.OCICACHE_E2E_REQUIRED === "1") {
+    throw new Error(`OCICACHE_E2E_REQUIRED=1 but ${msg}`);
+  }
+  console.error(`\n*** SKIPPED: ${msg} (set OCICACHE_E2E_REQUIRED=1 to fail instead) ***\n`);
+  t?.skip?.(msg);
+  return false;
+}
+
+/** A free TCP port on 127.0.0.1 (bound then released; a small race is possible). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      const port = typeof addr === "object" && addr ? addr.port : 0;
+      srv.close(() => (port ? resolve(port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function configYaml(root: string, port: number, proxy?: string): string {
+  return [
+    "version: 0.1",
+    "log:",
+    "  level: warn",
+    "  accesslog:",
+    "    disabled: true",
+    "storage:",
+    "  filesystem:",
+    `    rootdirectory: ${JSON.stringify(root)}`,
+    "  delete:",
+    "    enabled: true",
+    "  cache:",
+    "    blobdescriptor: inmemory",
+    "http:",
+    `  addr: 127.0.0.1:${port}`,
+    "  secret: ocicache-test-secret",
+    ...(proxy ? ["proxy:", `  remoteurl: ${JSON.stringify(proxy)}`] : []),
+    "",
+  ].join("\n");
+}
+
+function exited(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((r) => {
+    child.once("exit", () => r());
+    child.once("error", () => r()); // e.g. ENOENT: there will be no exit event
+  });
+}
+
+async function tryStart(proxy: string | undefined, readyMs: number): Promise<RealRegistry | "port-in-use"> {
+  const tmp = await mkdtemp(join(tmpdir(), "ocicache-registry-"));
+  const rootDir = join(tmp, "storage");
+  await mkdir(rootDir);
+  const port = await freePort();
+  const configPath = join(tmp, "config.yml");
+  await writeFile(configPath, configYaml(rootDir, port, proxy));
+  const child = spawn("docker-registry", ["serve", configPath], { stdio: ["ignore", "pipe", "pipe"] });
+  let log = "";
+  const onData = (b: Buffer) => {
+    log = (log + b.toString()).slice(-65536);
+  };
+  child.stdout!.on("data", onData);
+  child.stderr!.on("data", onData);
+  let spawnError: Error | undefined;
+  child.once("error", (e) => (spawnError = e));
+  const done = exited(child);
+
+  let stopped = false;
+  const stop = async () => {
+    if (!stopped) {
+      stopped = true;
+      if (!spawnError && child.exitCode === null && child.signalCode === null) {
+        child.kill("SIGTERM");
+        const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+        await done;
+        clearTimeout(timer);
+      }
+      child.stdout?.destroy();
+      child.stderr?.destroy();
+    }
+    await rm(tmp, { recursive: true, force: true });
+  };
+
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + readyMs;
+  while (Date.now() < deadline) {
+    if (spawnError || child.exitCode !== null || child.signalCode !== null) break;
+    try {
+      const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) });
+      await res.body?.cancel();
+      if (res.status === 200) {
+        return { url, hostPort: `127.0.0.1:${port}`, rootDir, logs: () => log, stop };
+      }
+    } catch {
+      // not listening yet
+    }
+    await sleep(50);
+  }
+  await stop();
+  if (/address already in use/i.test(log)) return "port-in-use";
+  const why = spawnError
+    ? `could not be started: ${spawnError.message}`
+    : child.exitCode !== null || child.signalCode !== null
+    ? `exited early (code ${child.exitCode}, signal ${child.signalCode})`
+    : `did not answer 200 on ${url}/v2/ within ${readyMs} ms`;
+  throw new Error(`docker-registry ${why}\n--- registry output ---\n${log}`);
+}
+
+/**
+ * Starts `docker-registry serve` on a free 127.0.0.1 port with a temp config and
+ * storage (no auth, deletes enabled, log level warn), optionally as a pull-through
+ * cache of `proxyRemoteUrl`, and waits until GET /v2/ answers 200.
+ * Retries on a port clash; throws with the registry's output if it never gets ready.
+ */
+export async function startDockerRegistry(opts: StartRegistryOptions = {}): Promise<RealRegistry> {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const r = await tryStart(opts.proxyRemoteUrl, opts.readyTimeoutMs ?? 10000);
+    if (r !== "port-in-use") return r;
+  }
+  throw new Error("docker-registry: could not find a free port after 3 attempts");
+}
