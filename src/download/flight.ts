@@ -165,12 +165,26 @@ export class Flight {
           }
         } catch (e) {
           await close();
-          ctrl.error(e);
+          ctrl.error(abortLine(this.digest.value, e as Error));
         }
       },
       cancel: close,
     });
   }
+}
+
+/**
+ * The reason a client's stream is errored with. Deno's server prints the reason of a response
+ * stream that errors; as a JSON string it comes out as one log line like every other.
+ */
+function abortLine(digest: string, e: Error): string {
+  return JSON.stringify({
+    time: new Date().toISOString(),
+    level: "warn",
+    msg: "blob transfer to client aborted",
+    digest,
+    reason: e?.message ?? String(e),
+  });
 }
 
 /** The error or the flight a request for a missing blob gets. */
