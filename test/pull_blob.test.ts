@@ -59,6 +59,25 @@ describe("blobs", () => {
     assert.equal(row?.size, blob.length);
   });
 
+  test("the first bytes reach a client before the download has finished", async () => {
+    const b = randomBytes(2 * 1024 * 1024, 28);
+    const d = up.putBlob(b);
+    const res = await fetch(`${cache.url}/v2/fake/lib/base/blobs/${d}`);
+    assert.equal(res.status, 200);
+    const reader = res.body!.getReader();
+    const first = await reader.read();
+    assert.ok(first.value && first.value.length > 0);
+    const flights = await cache.service.flights.active();
+    assert.ok(flights.some((f) => f.digest.value === d && f.state === "running"), "still downloading when the first chunk arrived");
+    let total = first.value!.length;
+    while (true) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      total += value.length;
+    }
+    assert.equal(total, b.length);
+  });
+
   test("a hit is served from the store with zero upstream requests, with Content-Length", async () => {
     up.reset();
     const res = await fetch(`${cache.url}/v2/fake/lib/base/blobs/${digest}`);
