@@ -193,6 +193,7 @@ export type FlightStart = { ok: true; flight: Flight } | { ok: false; response: 
 /** Running downloads by digest: the coalescing point. */
 export class Flights {
   readonly #running = new Map<string, Promise<FlightStart>>();
+  readonly #streaming = new Set<Flight>();
 
   /**
    * Join the download of `digest`, or start one with `start` when none runs. `coalesced` tells
@@ -203,7 +204,13 @@ export class Flights {
     if (existing) return { start: existing, coalesced: true };
     const p = start().then((r) => {
       if (!r.ok) this.#running.delete(digest);
-      else r.flight.done.finally(() => this.#running.delete(digest));
+      else {
+        this.#streaming.add(r.flight);
+        r.flight.done.finally(() => {
+          this.#running.delete(digest);
+          this.#streaming.delete(r.flight);
+        });
+      }
       return r;
     }, (e) => {
       this.#running.delete(digest);
@@ -219,6 +226,11 @@ export class Flights {
   }
 
   /** The flights whose bytes are streaming now. */
+  streaming(): Flight[] {
+    return [...this.#streaming];
+  }
+
+  /** The flights whose bytes are streaming now, once those still waiting for headers have them. */
   async active(): Promise<Flight[]> {
     const all = await Promise.all([...this.#running.values()].map((p) => p.catch(() => null)));
     return all.flatMap((r) => (r && r.ok ? [r.flight] : []));

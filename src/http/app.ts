@@ -5,6 +5,7 @@
  * @module
  */
 import type { Logger } from "../log.ts";
+import type { Metrics } from "../metrics.ts";
 import type { PullHandler, RequestContext } from "../oci/handler.ts";
 import type { Router } from "../oci/router.ts";
 import type { ConnInfo, Handler } from "../runtime/types.ts";
@@ -17,6 +18,7 @@ export interface AppDeps {
   log: Logger;
   /** Resolves when the service can serve: index answers, storage writable. Rejects with why not. */
   ready: () => Promise<void>;
+  metrics: Metrics;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -27,7 +29,7 @@ export function createApp(deps: AppDeps): Handler {
     const started = performance.now();
     const given = req.headers.get("x-request-id");
     const id = given && REQUEST_ID.test(given) ? given : crypto.randomUUID();
-    const ctx: RequestContext = { cache: "none" };
+    const ctx: RequestContext = { cache: "none", endpoint: "other" };
     let url: URL | undefined;
     let res: Response;
     try {
@@ -38,12 +40,15 @@ export function createApp(deps: AppDeps): Handler {
       res = ociError(500, "UNKNOWN", "internal error; see the ocicache log for request id " + id);
     }
     res.headers.set("x-request-id", id);
+    const bytes = Number(res.headers.get("content-length") ?? -1);
+    deps.metrics.requests.inc({ endpoint: ctx.endpoint, status: String(res.status), cache: ctx.cache });
+    if (bytes > 0 && req.method !== "HEAD") deps.metrics.bytesServed.inc({ endpoint: ctx.endpoint, cache: ctx.cache }, bytes);
     deps.log.info("request", {
       id,
       method: req.method,
       path: url?.pathname,
       status: res.status,
-      bytes: Number(res.headers.get("content-length") ?? -1),
+      bytes,
       ms: Math.round((performance.now() - started) * 10) / 10,
       cache: ctx.cache,
       registry: ctx.registry,
@@ -65,8 +70,16 @@ async function dispatch(deps: AppDeps, req: Request, url: URL, ctx: RequestConte
     if (!routed.ok) return routed.response;
     return await deps.pull.handle(req, routed.route, ctx);
   }
-  if (path === "/healthz") return Response.json({ status: "ok" });
+  if (path === "/healthz") {
+    ctx.endpoint = "healthz";
+    return Response.json({ status: "ok" });
+  }
+  if (path === "/metrics") {
+    ctx.endpoint = "metrics";
+    return new Response(await deps.metrics.render(), { headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" } });
+  }
   if (path === "/readyz") {
+    ctx.endpoint = "readyz";
     try {
       await deps.ready();
       return Response.json({ status: "ready" });

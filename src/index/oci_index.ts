@@ -158,6 +158,16 @@ export class Index {
     return [...byRepo.values()];
   }
 
+  /** Objects and bytes held, blobs and manifests. */
+  async stats(): Promise<{ blobs: number; blobBytes: number; manifests: number; manifestBytes: number }> {
+    const r = await this.#one(
+      `SELECT (SELECT count(*) FROM blobs) AS b, (SELECT coalesce(sum(size), 0) FROM blobs) AS bb,
+              (SELECT count(*) FROM manifests) AS m, (SELECT coalesce(sum(size), 0) FROM manifests) AS mb`,
+      [],
+    );
+    return { blobs: Number(r.b), blobBytes: Number(r.bb), manifests: Number(r.m), manifestBytes: Number(r.mb) };
+  }
+
   /** Close the connection. */
   close(): void {
     this.db.close();

@@ -23,6 +23,8 @@ export type CacheResult = "hit" | "miss" | "stale" | "coalesced" | "revalidated"
 export interface RequestContext {
   cache: CacheResult;
   registry?: string;
+  /** base, manifest, blob, tags — or the app's own endpoints. */
+  endpoint: string;
 }
 
 /** Largest manifest accepted from an upstream (the distribution registry's default limit). */
@@ -37,6 +39,8 @@ export interface PullDeps {
   upstream: (registry: RegistryConfig) => Upstream;
   log: Logger;
   now?: () => number;
+  /** Told when a download ends without being stored. */
+  onStoreFailure?: (error: Error) => void;
 }
 
 const API_VERSION = { "docker-distribution-api-version": "registry/2.0" };
@@ -52,6 +56,7 @@ export class PullHandler {
   /** Answer a routed GET or HEAD. */
   handle(req: Request, route: Route, ctx: RequestContext): Promise<Response> {
     const head = req.method === "HEAD";
+    ctx.endpoint = route.kind;
     switch (route.kind) {
       case "base":
         ctx.cache = "none";
@@ -243,7 +248,10 @@ export class PullHandler {
     });
     flight.done.then((o) => {
       if (o.ok) this.deps.log.info("blob stored", { digest: digest.value, size: o.stored.size, registry: via.registry, repository: via.repository });
-      else this.deps.log.warn("blob download failed; nothing cached", { digest: digest.value, registry: via.registry, repository: via.repository, error: o.error.message });
+      else {
+        this.deps.onStoreFailure?.(o.error);
+        this.deps.log.warn("blob download failed; nothing cached", { digest: digest.value, registry: via.registry, repository: via.repository, error: o.error.message });
+      }
     });
     return { ok: true, flight };
   }

@@ -71,7 +71,7 @@ export class Router {
     if (n >= 3 && segs[n - 2] === "tags" && segs[n - 1] === "list") {
       op = "tags";
       nameSegs = segs.slice(0, n - 2);
-    } else if (n >= 3 && (segs[n - 2] === "manifests" || segs[n - 2] === "blobs")) {
+    } else if (n >= 3 && (segs[n - 2] === "manifests" || (segs[n - 2] === "blobs" && segs[n - 1] !== "uploads"))) {
       op = segs[n - 2] === "manifests" ? "manifest" : "blob";
       ref = segs[n - 1];
       nameSegs = segs.slice(0, n - 2);

@@ -11,12 +11,28 @@ export type UpstreamResult =
   | { ok: true; response: Response }
   | { ok: false; kind: "unreachable" | "timeout"; message: string };
 
+/** One upstream exchange, reported to {@link UpstreamOptions.observe}. */
+export interface UpstreamEvent {
+  registry: string;
+  /** What was asked: manifests, blobs, tags. */
+  kind: string;
+  method: string;
+  /** Seconds to the response headers (or to the failure). */
+  seconds: number;
+  /** The status, or undefined when no response came. */
+  status?: number;
+}
+
 /** Options of {@link Upstream}. */
 export interface UpstreamOptions {
   headersTimeoutMs: number;
   idleTimeoutMs: number;
   /** Injected for tests; defaults to the global fetch. */
   fetch?: typeof fetch;
+  /** Told of every request sent (after redirects) — for metrics. */
+  observe?: (e: UpstreamEvent) => void;
+  /** Told of every body chunk received — for metrics. */
+  onBytes?: (registry: string, n: number) => void;
 }
 
 const MAX_REDIRECTS = 5;
@@ -67,20 +83,34 @@ export class Upstream {
     h.set("user-agent", "ocicache");
     const known = await this.auth.authorizationFor(scope);
     if (known) h.set("authorization", known);
-    let r = await this.#send(method, url, h);
+    const kind = rest.split("/")[0];
+    let r = await this.#send(method, url, h, kind);
     if (r.ok && r.response.status === 401) {
       const answer = await this.auth.answer(r.response.headers.get("www-authenticate"), scope);
       if (answer.ok) {
         await r.response.body?.cancel();
         h.set("authorization", answer.authorization);
-        r = await this.#send(method, url, h);
+        r = await this.#send(method, url, h, kind);
       }
     }
     if (!r.ok || r.response.status >= 500) this.counters.errors++;
     return r;
   }
 
-  async #send(method: string, url: string, headers: Headers): Promise<UpstreamResult> {
+  async #send(method: string, url: string, headers: Headers, kind: string): Promise<UpstreamResult> {
+    const started = performance.now();
+    const r = await this.#sendOnce(method, url, headers);
+    this.opts.observe?.({
+      registry: this.registry.prefix,
+      kind,
+      method,
+      seconds: (performance.now() - started) / 1000,
+      status: r.ok ? r.response.status : undefined,
+    });
+    return r;
+  }
+
+  async #sendOnce(method: string, url: string, headers: Headers): Promise<UpstreamResult> {
     let target = new URL(url);
     const origin = target.origin;
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
@@ -107,14 +137,16 @@ export class Upstream {
         target = new URL(location, target);
         continue;
       }
-      return { ok: true, response: guardIdle(res, this.opts.idleTimeoutMs, ctl) };
+      const onBytes = this.opts.onBytes;
+      const prefix = this.registry.prefix;
+      return { ok: true, response: guardIdle(res, this.opts.idleTimeoutMs, ctl, onBytes && ((n) => onBytes(prefix, n))) };
     }
     return { ok: false, kind: "unreachable", message: `${new URL(url).host} redirected more than ${MAX_REDIRECTS} times` };
   }
 }
 
 /** Wrap a response so that its body errors (and the fetch aborts) after `ms` without a chunk. */
-function guardIdle(res: Response, ms: number, ctl: AbortController): Response {
+function guardIdle(res: Response, ms: number, ctl: AbortController, onBytes?: (n: number) => void): Response {
   if (!res.body) return res;
   const reader = res.body.getReader();
   const body = new ReadableStream<Uint8Array>({
@@ -126,7 +158,10 @@ function guardIdle(res: Response, ms: number, ctl: AbortController): Response {
       try {
         const { done, value } = await Promise.race([reader.read(), idle]);
         if (done) c.close();
-        else c.enqueue(value);
+        else {
+          onBytes?.(value.length);
+          c.enqueue(value);
+        }
       } catch (e) {
         ctl.abort(e);
         reader.cancel(e).catch(() => {});
