@@ -172,19 +172,49 @@ export interface ConfigSources {
  * Unknown flags and missing values raise a {@link ConfigError}.
  */
 export function parseFlags(args: string[], known: Record<string, string> = CONFIG_FLAGS): Map<string, string[]> {
+  return parseArgs(args, { known }).flags;
+}
+
+/** What {@link parseArgs} accepts. */
+export interface ArgSpec {
+  /** Flags that take a value, with their help text. */
+  known: Record<string, string>;
+  /** Flags that take no value (present → "true"). */
+  booleans?: Record<string, string>;
+  /** Whether bare arguments are allowed. */
+  positionals?: boolean;
+}
+
+/**
+ * Parse a command's arguments: `--flag value`, `--flag=value`, boolean flags, and (when allowed)
+ * positional arguments. Unknown flags, missing values and unexpected arguments raise a
+ * {@link ConfigError} (one line, exit code 2).
+ */
+export function parseArgs(args: string[], spec: ArgSpec): { flags: Map<string, string[]>; positionals: string[] } {
   const flags = new Map<string, string[]>();
+  const positionals: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
+    if (!a.startsWith("-")) {
+      if (!spec.positionals) throw new ConfigError(a, "unexpected argument (see --help)");
+      positionals.push(a);
+      continue;
+    }
     const eq = a.indexOf("=");
     const name = eq > 0 && a.startsWith("--") ? a.slice(0, eq) : a;
-    if (!(name in known)) throw new ConfigError(name, `unknown flag (see --help)`);
+    if (spec.booleans && name in spec.booleans) {
+      if (eq > 0) throw new ConfigError(name, "takes no value");
+      flags.set(name, ["true"]);
+      continue;
+    }
+    if (!(name in spec.known)) throw new ConfigError(name, `unknown flag (see --help)`);
     let value: string | undefined;
     if (eq > 0 && a.startsWith("--")) value = a.slice(eq + 1);
     else value = args[++i];
-    if (value === undefined) throw new ConfigError(name, "needs a value");
+    if (value === undefined || (eq < 0 && value.startsWith("--"))) throw new ConfigError(name, "needs a value");
     flags.set(name, [...(flags.get(name) ?? []), value]);
   }
-  return flags;
+  return { flags, positionals };
 }
 
 function last(flags: Map<string, string[]>, name: string): string | undefined {
@@ -269,7 +299,7 @@ export async function loadConfig(src: ConfigSources): Promise<Config> {
     registries.set(prefix, {
       prefix,
       url,
-      hosts: r.hosts ?? base?.hosts ?? [new URL(url).host],
+      hosts: (r.hosts ?? base?.hosts ?? [new URL(url).host]).map((h) => h.toLowerCase()),
       dockerHub: r.dockerHub ?? base?.dockerHub ?? false,
       username: r.username,
       password,

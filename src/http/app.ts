@@ -40,6 +40,7 @@ export function createApp(deps: AppDeps): Handler {
       res = ociError(500, "UNKNOWN", "internal error; see the ocicache log for request id " + id);
     }
     res.headers.set("x-request-id", id);
+    if (ctx.cache !== "none") res.headers.set("x-cache", ctx.cache);
     const bytes = Number(res.headers.get("content-length") ?? -1);
     deps.metrics.requests.inc({ endpoint: ctx.endpoint, status: String(res.status), cache: ctx.cache });
     if (bytes > 0 && req.method !== "HEAD") deps.metrics.bytesServed.inc({ endpoint: ctx.endpoint, cache: ctx.cache }, bytes);

@@ -168,6 +168,27 @@ export class Index {
     return { blobs: Number(r.b), blobBytes: Number(r.bb), manifests: Number(r.m), manifestBytes: Number(r.mb) };
   }
 
+  /** Per registry: repositories, distinct objects held and their bytes. */
+  async usageByRegistry(): Promise<{ registry: string; repositories: number; objects: number; bytes: number }[]> {
+    const rs = await this.db.execute(
+      `SELECT x.registry AS registry, count(*) AS objects, coalesce(sum(x.size), 0) AS bytes,
+              (SELECT count(DISTINCT r.repository) FROM repo_objects r WHERE r.registry = x.registry) AS repos
+         FROM (SELECT o.registry, o.digest, max(coalesce(b.size, m.size)) AS size
+                 FROM repo_objects o
+                 LEFT JOIN blobs b ON b.digest = o.digest
+                 LEFT JOIN manifests m ON m.digest = o.digest
+                WHERE b.digest IS NOT NULL OR m.digest IS NOT NULL
+                GROUP BY o.registry, o.digest) x
+        GROUP BY x.registry ORDER BY x.registry`,
+    );
+    return rs.rows.map((r) => ({
+      registry: String(r.registry),
+      repositories: Number(r.repos),
+      objects: Number(r.objects),
+      bytes: Number(r.bytes),
+    }));
+  }
+
   /** Close the connection. */
   close(): void {
     this.db.close();

@@ -189,7 +189,7 @@ export class UpstreamAuth {
     }
     let body: { token?: string; access_token?: string; expires_in?: number; issued_at?: string };
     try {
-      body = await res.json();
+      body = (await res.json()) ?? {};
     } catch {
       return { ok: false, message: `token response from ${url.origin} is not JSON` };
     }

@@ -25,7 +25,11 @@ export const DEFAULT_ACCEPT = MANIFEST_TYPES.join(", ");
 /** The media types named in an `Accept` header, without parameters, lowercased. */
 export function acceptedTypes(accept: string | null): string[] {
   if (!accept) return [];
-  return accept.split(",").map((p) => p.split(";")[0].trim().toLowerCase()).filter((t) => t);
+  return accept.split(",")
+    // q=0 means "not acceptable" (RFC 9110 §12.4.2).
+    .filter((p) => !/;\s*q\s*=\s*0(?:\.0{0,3})?\s*(?:;|$)/i.test(p))
+    .map((p) => p.split(";")[0].trim().toLowerCase())
+    .filter((t) => t);
 }
 
 /**

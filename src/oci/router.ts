@@ -83,7 +83,7 @@ export class Router {
       return fail(404, "NAME_UNKNOWN", `no such endpoint: ${path}`);
     }
 
-    const picked = this.#pick(nameSegs, url.searchParams.get("ns"));
+    const picked = this.#pick(nameSegs, url.searchParams.get("ns") || null);
     if (!picked.ok) return picked;
     const { registry, rest, clientSegs } = picked;
     let name = rest.join("/");

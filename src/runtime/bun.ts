@@ -56,4 +56,7 @@ export const bunRuntime: Runtime = {
   args: () => Bun.argv.slice(2),
   exit: (code) => process.exit(code),
   isTerminal: () => Boolean(process.stderr.isTTY),
+  writeErr: (s) => {
+    process.stderr.write(s);
+  },
 };

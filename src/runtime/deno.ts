@@ -101,4 +101,7 @@ export const denoRuntime: Runtime = {
   args: () => [...Deno.args],
   exit: (code) => Deno.exit(code),
   isTerminal: () => Deno.stderr.isTerminal(),
+  writeErr: (s) => {
+    Deno.stderr.writeSync(new TextEncoder().encode(s));
+  },
 };

@@ -92,4 +92,6 @@ export interface Runtime {
   exit(code: number): never;
   /** Whether stderr is a terminal. */
   isTerminal(): boolean;
+  /** Write text to stderr without a newline (progress bars). */
+  writeErr(s: string): void;
 }

@@ -1,0 +1,47 @@
+/**
+ * `ocicache ls` and `ocicache du`: what the store holds, read from the index without a server.
+ * @module
+ */
+import type { Config } from "../config.ts";
+import { openDb } from "../index/db.ts";
+import { type ImageInfo, Index } from "../index/oci_index.ts";
+import { formatAge, formatBytes, table } from "./format.ts";
+
+/** Open the index a config names (the same file a running `serve` uses; WAL lets both read). */
+export async function openIndex(config: Config): Promise<Index> {
+  return new Index(await openDb(config.indexUrl, config.indexAuthToken));
+}
+
+/** The `ls` listing: one row per cached repository. */
+export function renderImages(images: ImageInfo[], now = Date.now()): string {
+  if (!images.length) return "the cache holds no images yet";
+  return table(
+    ["REGISTRY", "REPOSITORY", "TAGS", "SIZE", "LAST PULLED"],
+    images.map((i) => [
+      i.registry,
+      i.repository,
+      i.tags.map((t) => t.tag).join(",") || "-",
+      formatBytes(i.bytes),
+      i.lastPulled ? formatAge(i.lastPulled, now) : "-",
+    ]),
+  );
+}
+
+/** Usage per registry and for the whole store. */
+export interface DiskUsage {
+  registries: { registry: string; repositories: number; objects: number; bytes: number }[];
+  total: { blobs: number; blobBytes: number; manifests: number; manifestBytes: number };
+}
+
+/** Compute {@link DiskUsage}. Content shared by registries counts once in the total. */
+export async function diskUsage(index: Index): Promise<DiskUsage> {
+  return { registries: await index.usageByRegistry(), total: await index.stats() };
+}
+
+/** The `du` report. */
+export function renderDiskUsage(du: DiskUsage): string {
+  const rows = du.registries.map((r) => [r.registry, String(r.repositories), String(r.objects), formatBytes(r.bytes)]);
+  const t = du.total;
+  rows.push(["TOTAL (deduplicated)", "-", String(t.blobs + t.manifests), formatBytes(t.blobBytes + t.manifestBytes)]);
+  return table(["REGISTRY", "REPOSITORIES", "OBJECTS", "BYTES"], rows);
+}
