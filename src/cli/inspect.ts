@@ -2,13 +2,20 @@
  * `ocicache ls` and `ocicache du`: what the store holds, read from the index without a server.
  * @module
  */
+import { existsSync } from "node:fs";
 import type { Config } from "../config.ts";
 import { openDb } from "../index/db.ts";
 import { type ImageInfo, Index } from "../index/oci_index.ts";
 import { formatAge, formatBytes, table } from "./format.ts";
 
-/** Open the index a config names (the same file a running `serve` uses; WAL lets both read). */
+/**
+ * Open the index a config names (the same file a running `serve` uses; WAL lets both read).
+ * A file index that does not exist is an error naming the storage, not a new empty cache.
+ */
 export async function openIndex(config: Config): Promise<Index> {
+  if (config.indexUrl.startsWith("file:") && !existsSync(config.indexUrl.slice("file:".length))) {
+    throw new Error(`no cache at ${config.storage} (no ${config.indexUrl.slice("file:".length)}); is --storage right?`);
+  }
   return new Index(await openDb(config.indexUrl, config.indexAuthToken));
 }
 

@@ -20,6 +20,12 @@ export interface RealRegistry {
   rootDir: string;
   /** The last ~64 KiB of the registry's stdout+stderr, for diagnostics. */
   logs(): string;
+  /**
+   * Every request the registry has logged so far, in order (only with `accessLog: true`;
+   * otherwise always empty). The registry writes a line after each response completes, so a
+   * request just answered may take a moment to appear: see {@link syncAccessLog}.
+   */
+  accessLog(): AccessLogEntry[];
   /** Kills the process (SIGTERM, then SIGKILL after 5 s), awaits exit, removes temp dirs. Idempotent. */
   stop(): Promise<void>;
 }
@@ -30,6 +36,46 @@ export interface StartRegistryOptions {
   proxyRemoteUrl?: string;
   /** Readiness bound in ms (default 10000). */
   readyTimeoutMs?: number;
+  /** Turn on the registry's access log (one line per request on stdout), read by `accessLog()`. */
+  accessLog?: boolean;
+}
+
+/** One line of docker-registry's access log (Apache combined format). */
+export interface AccessLogEntry {
+  method: string;
+  /** Path and query as requested, e.g. `/v2/e2e/app/blobs/sha256:…`. */
+  uri: string;
+  status: number;
+  userAgent: string;
+}
+
+const ACCESS_LINE = /^\S+ \S+ \S+ \[[^\]]*\] "(\S+) (\S+) [^"]*" (\d{3}) \S+ "[^"]*" "([^"]*)"/;
+
+/** Parse one access-log line, or undefined when the line is something else. */
+export function parseAccessLine(line: string): AccessLogEntry | undefined {
+  const m = ACCESS_LINE.exec(line);
+  return m ? { method: m[1], uri: m[2], status: Number(m[3]), userAgent: m[4] } : undefined;
+}
+
+/**
+ * Waits until every request the registry answered before this call is in `reg.accessLog()`:
+ * sends a marker request (`GET /v2/?ocicache-sync=<n>`) and waits (bounded) for its line.
+ * The marker lines stay in the log; filter them with `isSyncMarker`.
+ */
+export async function syncAccessLog(reg: RealRegistry, timeoutMs = 5000): Promise<void> {
+  const marker = `ocicache-sync=${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  const res = await fetch(`${reg.url}/v2/?${marker}`, { signal: AbortSignal.timeout(timeoutMs) });
+  await res.body?.cancel();
+  const deadline = Date.now() + timeoutMs;
+  while (!reg.accessLog().some((e) => e.uri.endsWith(marker))) {
+    if (Date.now() > deadline) throw new Error(`docker-registry access log: marker ${marker} not seen within ${timeoutMs} ms`);
+    await sleep(10);
+  }
+}
+
+/** True for the marker requests {@link syncAccessLog} sends. */
+export function isSyncMarker(e: AccessLogEntry): boolean {
+  return e.uri.includes("ocicache-sync=");
 }
 
 /** Binaries an e2e test may need. */
@@ -106,13 +152,13 @@ export function freePort(): Promise<number> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function configYaml(root: string, port: number, proxy?: string): string {
+function configYaml(root: string, port: number, proxy?: string, accessLog = false): string {
   return [
     "version: 0.1",
     "log:",
     "  level: warn",
     "  accesslog:",
-    "    disabled: true",
+    `    disabled: ${!accessLog}`,
     "storage:",
     "  filesystem:",
     `    rootdirectory: ${JSON.stringify(root)}`,
@@ -136,19 +182,30 @@ function exited(child: ChildProcess): Promise<void> {
   });
 }
 
-async function tryStart(proxy: string | undefined, readyMs: number): Promise<RealRegistry | "port-in-use"> {
+async function tryStart(proxy: string | undefined, readyMs: number, accessLog = false): Promise<RealRegistry | "port-in-use"> {
   const tmp = await mkdtemp(join(tmpdir(), "ocicache-registry-"));
   const rootDir = join(tmp, "storage");
   await mkdir(rootDir);
   const port = await freePort();
   const configPath = join(tmp, "config.yml");
-  await writeFile(configPath, configYaml(rootDir, port, proxy));
+  await writeFile(configPath, configYaml(rootDir, port, proxy, accessLog));
   const child = spawn("docker-registry", ["serve", configPath], { stdio: ["ignore", "pipe", "pipe"] });
   let log = "";
   const onData = (b: Buffer) => {
     log = (log + b.toString()).slice(-65536);
   };
-  child.stdout!.on("data", onData);
+  const access: AccessLogEntry[] = [];
+  let partial = "";
+  child.stdout!.on("data", (b: Buffer) => {
+    onData(b);
+    if (!accessLog) return;
+    const lines = (partial + b.toString()).split("\n");
+    partial = lines.pop()!;
+    for (const line of lines) {
+      const e = parseAccessLine(line);
+      if (e) access.push(e);
+    }
+  });
   child.stderr!.on("data", onData);
   let spawnError: Error | undefined;
   child.once("error", (e) => (spawnError = e));
@@ -178,7 +235,7 @@ async function tryStart(proxy: string | undefined, readyMs: number): Promise<Rea
       const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) });
       await res.body?.cancel();
       if (res.status === 200) {
-        return { url, hostPort: `127.0.0.1:${port}`, rootDir, logs: () => log, stop };
+        return { url, hostPort: `127.0.0.1:${port}`, rootDir, logs: () => log, accessLog: () => [...access], stop };
       }
     } catch {
       // not listening yet
@@ -198,12 +255,13 @@ async function tryStart(proxy: string | undefined, readyMs: number): Promise<Rea
 /**
  * Starts `docker-registry serve` on a free 127.0.0.1 port with a temp config and
  * storage (no auth, deletes enabled, log level warn), optionally as a pull-through
- * cache of `proxyRemoteUrl`, and waits until GET /v2/ answers 200.
+ * cache of `proxyRemoteUrl` and with its access log on (`accessLog: true`), and waits until
+ * GET /v2/ answers 200.
  * Retries on a port clash; throws with the registry's output if it never gets ready.
  */
 export async function startDockerRegistry(opts: StartRegistryOptions = {}): Promise<RealRegistry> {
   for (let attempt = 0; attempt < 3; attempt++) {
-    const r = await tryStart(opts.proxyRemoteUrl, opts.readyTimeoutMs ?? 10000);
+    const r = await tryStart(opts.proxyRemoteUrl, opts.readyTimeoutMs ?? 10000, opts.accessLog);
     if (r !== "port-in-use") return r;
   }
   throw new Error("docker-registry: could not find a free port after 3 attempts");
