@@ -185,6 +185,29 @@ describe("manifests", () => {
     assert.equal(up.count("manifest", "GET"), 0, "a HEAD is never turned into a counted GET upstream");
   });
 
+  test("a cached manifest or blob whose file went missing is fetched again, not a 500", async () => {
+    const layer = randomBytes(5000, 14);
+    const ld = up.putBlob(layer);
+    const m = imageManifest({ digest: ld, size: layer.length }, []);
+    const d = up.putManifest("team/gone", m, OCI_MANIFEST, "v1");
+    await (await fetch(`${cache.url}/v2/fake/team/gone/manifests/v1`)).arrayBuffer();
+    await (await fetch(`${cache.url}/v2/fake/team/gone/blobs/${ld}`)).arrayBuffer();
+    await Promise.all((await cache.service.flights.active()).map((f) => f.done));
+    const mrow = await cache.service.index.getManifest(d);
+    const brow = await cache.service.index.getBlob(ld);
+    await cache.service.cafs.remove(mrow!.key);
+    await cache.service.cafs.remove(brow!.key);
+    up.reset();
+    const r1 = await fetch(`${cache.url}/v2/fake/team/gone/manifests/${d}`);
+    assert.equal(r1.status, 200);
+    assert.deepEqual(new Uint8Array(await r1.arrayBuffer()), m);
+    const r2 = await fetch(`${cache.url}/v2/fake/team/gone/blobs/${ld}`);
+    assert.equal(r2.status, 200);
+    assert.deepEqual(new Uint8Array(await r2.arrayBuffer()), layer);
+    assert.equal(up.count("manifest", "GET"), 1);
+    assert.equal(up.count("blob", "GET"), 1);
+  });
+
   test("client mistakes get 4xx OCI errors", async () => {
     const cases: [string, string, number, string][] = [
       ["GET", "/v2/fake/Team/App/manifests/1.0", 400, "NAME_INVALID"],

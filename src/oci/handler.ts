@@ -83,7 +83,7 @@ export class PullHandler {
     const head = req.method === "HEAD";
     const reg = t.registry.prefix;
     const row = await index.getTagDigest(reg, t.name, tag);
-    const cached = row ? await index.getManifest(row.digest) : null;
+    const cached = row ? await this.#heldManifest(row.digest) : null;
     if (row && cached && accepts(accept, cached.mediaType)) {
       if (this.#now() - row.checkedAt < t.registry.tagTtlMs) {
         ctx.cache = "hit";
@@ -120,7 +120,7 @@ export class PullHandler {
 
   async manifestByDigest(req: Request, t: Target, digest: Digest, ctx: RequestContext): Promise<Response> {
     const head = req.method === "HEAD";
-    const cached = await this.deps.index.getManifest(digest.value);
+    const cached = await this.#heldManifest(digest.value);
     if (cached) {
       ctx.cache = "hit";
       return this.#serveManifest(cached, head);
@@ -141,7 +141,7 @@ export class PullHandler {
     // A tag that resolves to a manifest already held: remember the tag (containerd resolves
     // tags with HEAD and then fetches by digest, so this is how its tags become known).
     if (digest && !reference.includes(":")) {
-      const held = await this.deps.index.getManifest(digest);
+      const held = await this.#heldManifest(digest);
       if (held && accepts(accept, held.mediaType)) {
         await this.deps.index.setTagDigest(t.registry.prefix, t.name, reference, digest, this.#now());
         ctx.cache = "hit";
@@ -183,6 +183,17 @@ export class PullHandler {
     await this.deps.index.putManifest(row, via, this.#now());
     if ("tag" in ref) await this.deps.index.setTagDigest(t.registry.prefix, t.name, ref.tag, computed, this.#now());
     return manifestResponse(row, bytes, false);
+  }
+
+  /** The indexed manifest with this digest whose file is in place (else it counts as not held). */
+  async #heldManifest(digest: string): Promise<ManifestRow | null> {
+    const row = await this.deps.index.getManifest(digest);
+    if (!row) return null;
+    if ((await this.deps.cafs.size(row.key)) !== row.size) {
+      this.deps.log.warn("indexed manifest has no intact file; fetching it again", { digest });
+      return null;
+    }
+    return row;
   }
 
   async #serveManifest(row: ManifestRow, head: boolean, extra?: { warning: string }): Promise<Response> {

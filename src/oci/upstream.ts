@@ -37,16 +37,9 @@ export interface UpstreamOptions {
 
 const MAX_REDIRECTS = 5;
 
-/** Requests one upstream registry makes, counted for tests and metrics. */
-export interface UpstreamCounters {
-  requests: number;
-  errors: number;
-}
-
 /** The client of one upstream registry. */
 export class Upstream {
   readonly auth: UpstreamAuth;
-  readonly counters: UpstreamCounters = { requests: 0, errors: 0 };
   readonly #fetch: typeof fetch;
 
   constructor(readonly registry: RegistryConfig, private readonly opts: UpstreamOptions) {
@@ -93,7 +86,6 @@ export class Upstream {
         r = await this.#send(method, url, h, kind);
       }
     }
-    if (!r.ok || r.response.status >= 500) this.counters.errors++;
     return r;
   }
 
@@ -120,7 +112,6 @@ export class Upstream {
       // Credentials belong to the registry: never send them to another host a redirect names.
       if (target.origin !== origin) h.delete("authorization");
       let res: Response;
-      this.counters.requests++;
       try {
         res = await this.#fetch(target, { method, headers: h, redirect: "manual", signal: ctl.signal });
       } catch (e) {
