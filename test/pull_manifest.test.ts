@@ -208,6 +208,26 @@ describe("manifests", () => {
     assert.equal(up.count("blob", "GET"), 1);
   });
 
+  test("containerd's way (HEAD the tag, GET by digest) makes the tag known: the next HEAD needs no upstream", async () => {
+    const m = imageManifest({ digest: up.putBlob(randomBytes(60, 15)), size: 60 }, []);
+    const d = up.putManifest("team/ctrd", m, OCI_MANIFEST, "v2");
+    const h1 = await fetch(`${cache.url}/v2/fake/team/ctrd/manifests/v2?ns=${up.host}`, { method: "HEAD", headers: { accept: OCI_MANIFEST } });
+    assert.equal(h1.headers.get("docker-content-digest"), d);
+    const g = await fetch(`${cache.url}/v2/fake/team/ctrd/manifests/${d}?ns=${up.host}`, { headers: { accept: OCI_MANIFEST } });
+    assert.deepEqual(new Uint8Array(await g.arrayBuffer()), m);
+    up.reset();
+    up.faultAll({ kind: "status", status: 503 });
+    try {
+      const h2 = await fetch(`${cache.url}/v2/fake/team/ctrd/manifests/v2?ns=${up.host}`, { method: "HEAD", headers: { accept: OCI_MANIFEST } });
+      assert.equal(h2.status, 200);
+      assert.equal(h2.headers.get("docker-content-digest"), d);
+      assert.equal(h2.headers.get("x-cache"), "hit");
+      assert.equal(up.requests.length, 0);
+    } finally {
+      up.faultAll(undefined);
+    }
+  });
+
   test("client mistakes get 4xx OCI errors", async () => {
     const cases: [string, string, number, string][] = [
       ["GET", "/v2/fake/Team/App/manifests/1.0", 400, "NAME_INVALID"],

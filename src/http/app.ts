@@ -48,6 +48,7 @@ export function createApp(deps: AppDeps): Handler {
       id,
       method: req.method,
       path: url?.pathname,
+      ns: url?.searchParams.get("ns") ?? undefined,
       status: res.status,
       bytes,
       ms: Math.round((performance.now() - started) * 10) / 10,

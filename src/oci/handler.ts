@@ -138,13 +138,14 @@ export class PullHandler {
     await r.response.body?.cancel();
     const h = r.response.headers;
     const digest = h.get("docker-content-digest");
-    // A tag that resolves to a manifest already held: remember the tag (containerd resolves
-    // tags with HEAD and then fetches by digest, so this is how its tags become known).
-    if (digest && !reference.includes(":")) {
+    // Remember where the tag points: containerd resolves a tag with HEAD and then fetches the
+    // manifest by digest, so this is how its tags become known (and servable when the upstream
+    // is down later). When the manifest is already held, answer from it.
+    if (digest && parseDigest(digest) && !reference.includes(":")) {
+      await this.deps.index.setTagDigest(t.registry.prefix, t.name, reference, digest, this.#now());
       const held = await this.#heldManifest(digest);
       if (held && accepts(accept, held.mediaType)) {
-        await this.deps.index.setTagDigest(t.registry.prefix, t.name, reference, digest, this.#now());
-        ctx.cache = "hit";
+        ctx.cache = "revalidated";
         return this.#serveManifest(held, true);
       }
     }
