@@ -11,6 +11,7 @@ import {
   parseDuration,
   parseFlags,
   parseListen,
+  parseSize,
 } from "../src/config.ts";
 
 function sources(args: string[] = [], env: Record<string, string> = {}, files: Record<string, string> = {}) {
@@ -65,7 +66,16 @@ describe("defaults", () => {
     assert.equal(c.defaultRegistry, "docker.io");
     assert.equal(c.logLevel, "info");
     for (const r of c.registries) assert.equal(r.tagTtlMs, 5 * 60_000);
-    assert.deepEqual(c.upstream, { headersTimeoutMs: 30_000, idleTimeoutMs: 60_000 });
+    assert.deepEqual(c.upstream, {
+      headersTimeoutMs: 30_000,
+      idleTimeoutMs: 60_000,
+      retry: { attempts: 3, baseDelayMs: 200, budgetMs: 10_000 },
+    });
+    assert.deepEqual(c.download, { maxDetachedBytes: 2 * 2 ** 30 });
+    for (const r of c.registries) {
+      assert.equal(r.offline, false);
+      assert.equal(r.maxStaleMs, Infinity);
+    }
     const hub = reg(c, "docker.io")!;
     assert.equal(hub.url, "https://registry-1.docker.io");
     assert.equal(hub.dockerHub, true);
@@ -328,5 +338,33 @@ describe("config file", () => {
   test("missing file", async () => {
     const e = await rejects(load(["--config", "/missing.json"]), "--config");
     assert.match(e.message, /missing\.json/);
+  });
+});
+
+describe("fault-handling settings", () => {
+  test("--offline, --max-stale, --upstream-retries, --max-detached and sizes", async () => {
+    const c = await loadConfig({
+      flags: parseFlags(["--registry", "local=http://127.0.0.1:5000", "--offline", "local", "--max-stale", "168h", "--upstream-retries", "1", "--max-detached", "512MiB"]),
+      env: () => undefined,
+      readText: () => Promise.reject(new Error("no files")),
+    });
+    const local = c.registries.find((r) => r.prefix === "local")!;
+    assert.equal(local.offline, true);
+    assert.equal(local.maxStaleMs, 168 * 3600_000);
+    assert.equal(c.registries.find((r) => r.prefix === "docker.io")!.offline, false);
+    assert.equal(c.upstream.retry.attempts, 1);
+    assert.equal(c.download.maxDetachedBytes, 512 * 2 ** 20);
+    await assert.rejects(
+      loadConfig({ flags: parseFlags(["--offline", "nope"]), env: () => undefined, readText: () => Promise.reject(new Error("x")) }),
+      /--offline: "nope" is not a configured prefix/,
+    );
+    await assert.rejects(
+      loadConfig({ flags: parseFlags(["--upstream-retries", "0"]), env: () => undefined, readText: () => Promise.reject(new Error("x")) }),
+      /upstreamRetries/,
+    );
+    assert.equal(parseSize("x", "50GiB"), 50 * 2 ** 30);
+    assert.equal(parseSize("x", "10GB"), 10e9);
+    assert.equal(parseSize("x", "1048576"), 1048576);
+    assert.throws(() => parseSize("maxSize", "lots"), /maxSize/);
   });
 });

@@ -6,6 +6,10 @@ import { join } from "node:path";
 import { randomBytes, sha256, startFakeRegistry, type FakeRegistry } from "./support/fake_registry.ts";
 import { bytesOf, startCache, type TestCache } from "./support/cache.ts";
 
+async function settle(cache: TestCache) {
+  await Promise.all((await cache.service.flights.active()).map((f) => f.done));
+}
+
 async function filesUnder(dir: string): Promise<string[]> {
   const out: string[] = [];
   for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
@@ -174,33 +178,43 @@ describe("blobs", () => {
     assert.equal(sha256(await bytesOf(ok)), d);
   });
 
-  test("upstream dies mid-blob: the client's transfer breaks, nothing cached, a retry works", async () => {
+  test("upstream dies mid-blob and every resume dies too: the client's transfer breaks, nothing cached, a retry works", async () => {
+    // An upstream that ignores Range and always dies at the same byte: resuming cannot get past it.
+    const dying = await startFakeRegistry({ chunkSize: 64 * 1024, ignoreRange: true });
+    const c2 = await startCache(dying.url);
     const b = randomBytes(900_000, 25);
-    const d = up.putBlob(b);
-    up.fault(d, { kind: "dieAfter", bytes: 300_000 });
+    const d = dying.putBlob(b);
+    dying.fault(d, { kind: "dieAfter", bytes: 300_000 });
     try {
-      assert.equal(await outcome(fetch(`${cache.url}/v2/fake/lib/base/blobs/${d}`)), "error");
-      await new Promise((r) => setTimeout(r, 50));
-      assert.equal(await cache.service.index.getBlob(d), null);
-      assert.deepEqual(await filesUnder(join(cache.storage, "tmp")), []);
+      assert.equal(await outcome(fetch(`${c2.url}/v2/fake/lib/base/blobs/${d}`)), "error");
+      await settle(c2);
+      assert.equal(await c2.service.index.getBlob(d), null);
+      assert.deepEqual(await filesUnder(join(c2.storage, "tmp")), []);
+      assert.equal(dying.count("blob", "GET"), 4, "the first GET and three resumes");
+      dying.fault(d, undefined);
+      const ok = await fetch(`${c2.url}/v2/fake/lib/base/blobs/${d}`);
+      assert.equal(sha256(await bytesOf(ok)), d);
     } finally {
-      up.fault(d, undefined);
+      await c2.destroy();
+      await dying.stop();
     }
-    const ok = await fetch(`${cache.url}/v2/fake/lib/base/blobs/${d}`);
-    assert.equal(sha256(await bytesOf(ok)), d);
   });
 
-  test("a silent upstream body hits the idle timeout: the transfer breaks, no hang", async () => {
-    const quick = await startCache(up.url, { flags: ["--idle-timeout", "300ms"] });
+  test("a silent upstream body hits the idle timeout and resuming cannot get past the stall: the transfer breaks, no hang", async () => {
+    const stalling = await startFakeRegistry({ chunkSize: 64 * 1024, ignoreRange: true });
+    const quick = await startCache(stalling.url, { flags: ["--idle-timeout", "300ms"] });
     const b = randomBytes(400_000, 26);
-    const d = up.putBlob(b);
-    up.fault(d, { kind: "stallAfter", bytes: 100_000, ms: 5_000 });
+    const d = stalling.putBlob(b);
+    stalling.fault(d, { kind: "stallAfter", bytes: 100_000, ms: 1_000 });
     try {
       assert.equal(await outcome(fetch(`${quick.url}/v2/fake/lib/base/blobs/${d}`)), "error");
+      await settle(quick);
       assert.equal(await quick.service.index.getBlob(d), null);
+      assert.equal(stalling.count("blob", "GET"), 4, "the first GET and three resumes");
     } finally {
-      up.fault(d, undefined);
+      stalling.fault(d, undefined);
       await quick.destroy();
+      await stalling.stop();
     }
   });
 

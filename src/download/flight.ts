@@ -1,18 +1,24 @@
 /**
  * One upstream download per missing blob, however many clients ask. The bytes are written once
  * to a temp file in the store while both hashes are computed; every waiting client reads them
- * back from that file at its own pace, as soon as they land. The last chunk is held back from
- * clients until the digest checks out, so nobody ever sees a clean end of a wrong body.
+ * back from that file at its own pace, as soon as they land (a slow client slows nobody). The
+ * last chunk is held back from clients until the digest checks out, so nobody ever sees a clean
+ * end of a wrong body.
+ *
+ * When the upstream breaks off, the download resumes with a Range request from the last good
+ * byte. When the store cannot take the bytes (disk full), the clients are served from a bounded
+ * memory window instead and nothing is stored.
  * @module
  */
 import type { FileReader, Files } from "../runtime/types.ts";
-import type { Cafs, StoredObject } from "../store/cafs.ts";
+import type { Cafs, CafsWriter, StoredObject } from "../store/cafs.ts";
 import type { Digest } from "../oci/digest.ts";
 
 const READ_CHUNK = 256 * 1024;
+const MAX_RESUMES = 3;
 
-/** How a finished flight ended. */
-export type FlightOutcome = { ok: true; stored: StoredObject } | { ok: false; error: Error };
+/** How a finished flight ended. `clientsServed`: the bytes were verified and served though not stored. */
+export type FlightOutcome = { ok: true; stored: StoredObject } | { ok: false; error: Error; clientsServed: boolean };
 
 /** What a {@link Flight} needs. */
 export interface FlightInit {
@@ -25,13 +31,23 @@ export interface FlightInit {
   files: Files;
   /** Index the stored object; runs after the file is in place and before clients see the end. */
   onStored: (obj: StoredObject) => Promise<void>;
+  /** Ask the upstream for the body again from `offset` after a break; null when it cannot. */
+  resume?: (offset: number) => Promise<ReadableStream<Uint8Array> | null>;
+  /** Once every client has left, a download larger than this is cancelled (default: no limit). */
+  maxDetachedBytes?: number;
+  /** Memory held for clients when the store cannot take the bytes (default 32 MiB). */
+  maxBufferBytes?: number;
+  /** Why a blob of this announced size must not be kept (served only), or null to keep it. */
+  refuse?: (size: number) => string | null;
+  /** Told of notable events: a resume, a store write failure. */
+  onEvent?: (event: "resumed" | "store-failed", detail: Record<string, unknown>) => void;
 }
 
 /** A download in progress (or just finished). */
 export class Flight {
   readonly digest: Digest;
   readonly size: number | undefined;
-  /** Bytes written to the temp file. */
+  /** Bytes received from upstream. */
   received = 0;
   /** Bytes clients may read now (all but the newest chunk while running). */
   #available = 0;
@@ -40,9 +56,18 @@ export class Flight {
   /** The file that holds the bytes: the temp file, then the stored object. */
   #path = "";
   #tick = Promise.withResolvers<void>();
-  /** Clients currently reading. */
-  readers = 0;
-  /** Settles when the download is stored or has failed. */
+  /** Bytes readable from the file; the rest is in memory (after a store failure). */
+  #fileLimit = Infinity;
+  /** Memory window after a store failure: chunks from `#memStart` on. */
+  #mem: Uint8Array[] = [];
+  #memStart = 0;
+  #memBytes = 0;
+  /** Where each client is. */
+  readonly #positions = new Set<{ pos: number }>();
+  #hadReader = false;
+  /** Resolves when late clients can no longer join this flight (its memory window moved on). */
+  readonly #unjoinable = Promise.withResolvers<void>();
+  /** Settles when the download is stored, served without storing, or has failed. */
   readonly done: Promise<FlightOutcome>;
 
   constructor(private readonly init: FlightInit) {
@@ -56,6 +81,16 @@ export class Flight {
     return this.#state;
   }
 
+  /** Clients currently reading. */
+  get readers(): number {
+    return this.#positions.size;
+  }
+
+  /** Resolves once new clients must start a download of their own. */
+  get unjoinable(): Promise<void> {
+    return this.#unjoinable.promise;
+  }
+
   #notify() {
     const t = this.#tick;
     this.#tick = Promise.withResolvers<void>();
@@ -63,40 +98,83 @@ export class Flight {
   }
 
   async #run(): Promise<FlightOutcome> {
-    const { cafs, body, digest } = this.init;
-    let writer;
+    const { cafs, digest } = this.init;
+    let writer: CafsWriter;
     try {
       writer = await cafs.writer(digest.algorithm);
     } catch (e) {
-      await body.cancel().catch(() => {});
+      await this.init.body.cancel().catch(() => {});
       return this.#fail(e as Error);
     }
     this.#path = writer.path;
-    const reader = body.getReader();
+    let reader = this.init.body.getReader();
+    let resumes = 0;
+    let storeError: Error | undefined;
+    const refused = this.size !== undefined ? this.init.refuse?.(this.size) : null;
+    if (refused) {
+      // Serve it through the memory window from the first byte; never write it.
+      storeError = new Error(refused);
+      this.#fileLimit = 0;
+      this.#memStart = 0;
+      this.init.onEvent?.("store-failed", { digest: digest.value, offset: 0, error: refused });
+    }
     try {
       while (true) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        if (value.length === 0) continue;
-        await writer.write(value);
-        this.#available = this.received;
-        this.received += value.length;
-        if (this.size !== undefined && this.received > this.size) {
+        let chunk: Uint8Array;
+        try {
+          const { done, value } = await reader.read();
+          if (done) break;
+          chunk = value;
+        } catch (e) {
+          const more = this.size === undefined || this.received < this.size;
+          const again = more && this.init.resume && resumes < MAX_RESUMES ? await this.init.resume(this.received).catch(() => null) : null;
+          if (!again) throw e;
+          resumes++;
+          this.init.onEvent?.("resumed", { digest: digest.value, offset: this.received, reason: (e as Error).message });
+          reader = again.getReader();
+          continue;
+        }
+        if (chunk.length === 0) continue;
+        if (this.size !== undefined && this.received + chunk.length > this.size) {
           throw new Error(`upstream sent more than the ${this.size} bytes it announced`);
         }
+        if (!storeError) {
+          try {
+            await writer.write(chunk);
+          } catch (e) {
+            storeError = e as Error;
+            this.#fileLimit = this.received;
+            this.#memStart = this.received;
+            this.init.onEvent?.("store-failed", { digest: digest.value, offset: this.received, error: storeError.message });
+          }
+        } else {
+          writer.hashOnly(chunk);
+        }
+        if (storeError) {
+          this.#mem.push(chunk);
+          this.#memBytes += chunk.length;
+        }
+        this.#available = this.received;
+        this.received += chunk.length;
         this.#notify();
+        if (storeError) await this.#bound();
+        this.#checkDetached();
       }
       if (this.size !== undefined && this.received !== this.size) {
         throw new Error(`upstream body ended after ${this.received} of ${this.size} bytes`);
       }
       const got = writer.ociDigest();
       if (got !== digest.value) throw new Error(`digest mismatch: upstream bytes hash to ${got}, expected ${digest.value}`);
+      if (storeError) {
+        // Verified and served to every client, but not stored.
+        await writer.abort();
+        this.#finish();
+        return { ok: false, error: storeError, clientsServed: true };
+      }
       const stored = await writer.commit();
       this.#path = cafs.pathOf(stored.key);
       await this.init.onStored(stored);
-      this.#state = "done";
-      this.#available = this.received;
-      this.#notify();
+      this.#finish();
       return { ok: true, stored };
     } catch (e) {
       reader.cancel(e).catch(() => {});
@@ -105,11 +183,67 @@ export class Flight {
     }
   }
 
+  #finish() {
+    this.#state = "done";
+    this.#available = this.received;
+    this.#notify();
+  }
+
   #fail(e: Error): FlightOutcome {
     this.#state = "failed";
     this.#error = e;
+    this.#unjoinable.resolve();
     this.#notify();
-    return { ok: false, error: e };
+    return { ok: false, error: e, clientsServed: false };
+  }
+
+  /** Cancel a download nobody waits for when it is over the detached bound. */
+  #checkDetached() {
+    const limit = this.init.maxDetachedBytes;
+    if (limit === undefined || !this.#hadReader || this.readers > 0) return;
+    const size = this.size ?? this.received;
+    if (size > limit) {
+      throw new Error(`every client left and the blob (${size} bytes) is over the detached-download bound (${limit} bytes); cancelled`);
+    }
+  }
+
+  /** After a store failure: drop what every client has read, and wait while the window is full. */
+  async #bound() {
+    const max = this.init.maxBufferBytes ?? 32 * 1024 * 1024;
+    for (let waited = 0; ; waited++) {
+      this.#trim();
+      if (this.readers === 0) {
+        if (this.#hadReader) throw new Error("the store cannot take the bytes and no client is left to serve");
+        return;
+      }
+      if (this.#memBytes <= max) return;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  #trim() {
+    let min = Infinity;
+    for (const p of this.#positions) min = Math.min(min, p.pos);
+    if (!Number.isFinite(min)) min = this.received;
+    while (this.#mem.length && this.#memStart + this.#mem[0].length <= min) {
+      this.#memStart += this.#mem[0].length;
+      this.#memBytes -= this.#mem[0].length;
+      this.#mem.shift();
+      this.#unjoinable.resolve();
+    }
+  }
+
+  /** Copy up to `max` bytes at `pos` from the memory window. */
+  #fromMemory(pos: number, max: number): Uint8Array {
+    let start = this.#memStart;
+    for (const c of this.#mem) {
+      if (pos < start + c.length) {
+        const off = pos - start;
+        return c.slice(off, off + Math.min(max, c.length - off));
+      }
+      start += c.length;
+    }
+    throw new Error("bytes no longer in the download's memory window");
   }
 
   async #open(): Promise<FileReader> {
@@ -130,16 +264,17 @@ export class Flight {
    * It errors if the download fails, so the client sees a broken transfer, never a clean end.
    */
   stream(start = 0, end?: number): ReadableStream<Uint8Array> {
-    let pos = start;
+    const me = { pos: start };
     let file: FileReader | undefined;
     let closed = false;
     const close = async () => {
       if (closed) return;
       closed = true;
-      this.readers--;
+      this.#positions.delete(me);
       await file?.close().catch(() => {});
     };
-    this.readers++;
+    this.#positions.add(me);
+    this.#hadReader = true;
     return new ReadableStream<Uint8Array>({
       pull: async (ctrl) => {
         try {
@@ -147,16 +282,22 @@ export class Flight {
             if (this.#state === "failed") throw this.#error ?? new Error("download failed");
             const limit = end === undefined ? Infinity : end + 1;
             const avail = Math.min(this.#available, limit);
-            if (pos < avail) {
-              file ??= await this.#open();
-              const buf = new Uint8Array(Math.min(READ_CHUNK, avail - pos));
-              const n = await file.read(buf, pos);
-              if (n <= 0) throw new Error("cached bytes vanished while reading");
-              pos += n;
-              ctrl.enqueue(n === buf.length ? buf : buf.subarray(0, n));
+            if (me.pos < avail) {
+              let out: Uint8Array;
+              if (me.pos < this.#fileLimit) {
+                file ??= await this.#open();
+                const buf = new Uint8Array(Math.min(READ_CHUNK, avail - me.pos, this.#fileLimit - me.pos));
+                const n = await file.read(buf, me.pos);
+                if (n <= 0) throw new Error("cached bytes vanished while reading");
+                out = n === buf.length ? buf : buf.subarray(0, n);
+              } else {
+                out = this.#fromMemory(me.pos, avail - me.pos);
+              }
+              me.pos += out.length;
+              ctrl.enqueue(out);
               return;
             }
-            if (pos >= limit || (this.#state === "done" && pos >= this.received)) {
+            if (me.pos >= limit || (this.#state === "done" && me.pos >= this.received)) {
               await close();
               ctrl.close();
               return;
@@ -202,18 +343,23 @@ export class Flights {
   join(digest: string, start: () => Promise<FlightStart>): { start: Promise<FlightStart>; coalesced: boolean } {
     const existing = this.#running.get(digest);
     if (existing) return { start: existing, coalesced: true };
-    const p = start().then((r) => {
-      if (!r.ok) this.#running.delete(digest);
+    const forget = () => {
+      if (this.#running.get(digest) === p) this.#running.delete(digest);
+    };
+    const p: Promise<FlightStart> = start().then((r) => {
+      if (!r.ok) forget();
       else {
         this.#streaming.add(r.flight);
+        // Late clients start a download of their own once this one cannot serve them from byte 0.
+        r.flight.unjoinable.then(forget);
         r.flight.done.finally(() => {
-          this.#running.delete(digest);
+          forget();
           this.#streaming.delete(r.flight);
         });
       }
       return r;
     }, (e) => {
-      this.#running.delete(digest);
+      forget();
       throw e;
     });
     this.#running.set(digest, p);

@@ -9,7 +9,7 @@ import { UpstreamAuth } from "./auth.ts";
 /** What an upstream request came to. A response of any status is `ok: true`; the caller reads it. */
 export type UpstreamResult =
   | { ok: true; response: Response }
-  | { ok: false; kind: "unreachable" | "timeout"; message: string };
+  | { ok: false; kind: "unreachable" | "timeout" | "offline"; message: string };
 
 /** One upstream exchange, reported to {@link UpstreamOptions.observe}. */
 export interface UpstreamEvent {
@@ -23,10 +23,24 @@ export interface UpstreamEvent {
   status?: number;
 }
 
+/** How idempotent requests are retried (connection errors, timeouts, 502/503/504, and 429/503 with a short Retry-After). */
+export interface RetryPolicy {
+  /** Attempts in all, the first included (1 = no retries). */
+  attempts: number;
+  /** First backoff (ms); doubles per retry, with ±50 % jitter. */
+  baseDelayMs: number;
+  /** No retry starts once this much time (ms) has gone since the first attempt; a Retry-After longer than what is left is not waited for. */
+  budgetMs: number;
+}
+
+/** The default {@link RetryPolicy}. */
+export const DEFAULT_RETRY: RetryPolicy = { attempts: 3, baseDelayMs: 200, budgetMs: 10_000 };
+
 /** Options of {@link Upstream}. */
 export interface UpstreamOptions {
   headersTimeoutMs: number;
   idleTimeoutMs: number;
+  retry?: RetryPolicy;
   /** Injected for tests; defaults to the global fetch. */
   fetch?: typeof fetch;
   /** Told of every request sent (after redirects) — for metrics. */
@@ -66,10 +80,28 @@ export class Upstream {
   }
 
   /**
-   * Send a request for `/v2/<name>/<rest>` with the auth dance: use a known token, or on a 401
-   * answer the challenge once and retry. The body of the result is guarded by the idle timeout.
+   * Send an idempotent request for `/v2/<name>/<rest>`, retried with exponential backoff and
+   * jitter on connection errors, timeouts and 502/503/504, and after a Retry-After (429/503) that
+   * fits the retry budget. An `offline` registry is never contacted.
    */
   async request(method: string, name: string, rest: string, headers: Record<string, string>): Promise<UpstreamResult> {
+    if (this.registry.offline) {
+      return { ok: false, kind: "offline", message: `registry ${this.registry.prefix} is configured offline; only cached content is served` };
+    }
+    const policy = this.opts.retry ?? DEFAULT_RETRY;
+    const started = performance.now();
+    for (let attempt = 1; ; attempt++) {
+      const r = await this.#attempt(method, name, rest, headers);
+      const delay = retryDelay(r, attempt, policy);
+      const left = policy.budgetMs - (performance.now() - started);
+      if (delay === null || attempt >= policy.attempts || delay > left) return r;
+      if (r.ok) await r.response.body?.cancel();
+      await new Promise((res) => setTimeout(res, delay));
+    }
+  }
+
+  /** One attempt with the auth dance: use a known token, or on a 401 answer the challenge once. */
+  async #attempt(method: string, name: string, rest: string, headers: Record<string, string>): Promise<UpstreamResult> {
     const url = `${this.registry.url}/v2/${name}/${rest}`;
     const scope = `repository:${name}:pull`;
     const h = new Headers(headers);
@@ -134,6 +166,26 @@ export class Upstream {
     }
     return { ok: false, kind: "unreachable", message: `${new URL(url).host} redirected more than ${MAX_REDIRECTS} times` };
   }
+}
+
+/** How long to wait before retrying `r`, or null when it is not worth retrying. */
+export function retryDelay(r: UpstreamResult, attempt: number, policy: RetryPolicy, random = Math.random): number | null {
+  const backoff = () => Math.round(policy.baseDelayMs * 2 ** (attempt - 1) * (0.5 + random()));
+  if (!r.ok) return r.kind === "offline" ? null : backoff();
+  const status = r.response.status;
+  const after = parseRetryAfter(r.response.headers.get("retry-after"));
+  if (status === 429) return after;
+  if (status === 503) return after ?? backoff();
+  if (status === 502 || status === 504) return backoff();
+  return null;
+}
+
+/** A Retry-After value (seconds or an HTTP date) in ms, or null. */
+export function parseRetryAfter(v: string | null, now = Date.now()): number | null {
+  if (v === null) return null;
+  if (/^\d+$/.test(v.trim())) return Number(v.trim()) * 1000;
+  const t = Date.parse(v);
+  return Number.isFinite(t) ? Math.max(0, t - now) : null;
 }
 
 /** Wrap a response so that its body errors (and the fetch aborts) after `ms` without a chunk. */

@@ -53,6 +53,14 @@ export const nodeFiles: Omit<Files, "body" | "createTemp"> = {
   },
   openReader: nodeOpenReader,
   rename: (from, to) => rename(from, to),
+  async syncDir(path) {
+    const fh = await open(path, "r");
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  },
   async stat(path): Promise<FileInfo | null> {
     try {
       const s = await stat(path);

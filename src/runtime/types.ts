@@ -66,6 +66,8 @@ export interface Files {
   openReader(path: string): Promise<FileReader>;
   /** Atomic rename within one filesystem. */
   rename(from: string, to: string): Promise<void>;
+  /** fsync a directory, so a rename in it survives a power loss. */
+  syncDir(path: string): Promise<void>;
   stat(path: string): Promise<FileInfo | null>;
   /** Remove a file; a missing file is not an error. */
   remove(path: string): Promise<void>;

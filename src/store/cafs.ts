@@ -48,12 +48,20 @@ export class CafsWriter {
     return this.#size;
   }
 
-  /** Append a chunk and hash it. */
+  /**
+   * Hash a chunk and append it to the temp file. If the write fails (disk full) the chunk is
+   * already hashed: go on with {@link CafsWriter.hashOnly} for the rest, then {@link abort}.
+   */
   async write(chunk: Uint8Array): Promise<void> {
+    this.hashOnly(chunk);
     await this.temp.write(chunk);
+    this.#size += chunk.length;
+  }
+
+  /** Hash a chunk without storing it (the store could not take the bytes). */
+  hashOnly(chunk: Uint8Array): void {
     this.blake.update(chunk);
     this.sha.update(chunk);
-    this.#size += chunk.length;
   }
 
   /** The OCI digest (`algorithm:hex`) of everything written. Call once writing is done. */
@@ -139,8 +147,11 @@ export class Cafs {
       await this.files.remove(tempPath);
       return;
     }
-    await this.files.mkdir(join(this.blobDir, key.slice(0, 2)));
+    const dir = join(this.blobDir, key.slice(0, 2));
+    await this.files.mkdir(dir);
     await this.files.rename(tempPath, dest);
+    // The rename is durable only once the directory is: index rows follow, and must not outlive the file.
+    await this.files.syncDir(dir);
   }
 
   /** Size of a stored object, or null when it is not there. */

@@ -12,13 +12,17 @@ import type { Server } from "../../src/runtime/types.ts";
 export interface SeenRequest {
   method: string;
   path: string;
+  range: string | null;
   kind: "base" | "manifest" | "blob" | "tags" | "token" | "redirected" | "other";
   accept: string | null;
   authorization: string | null;
 }
 
-/** A fault applied to blob or manifest responses. */
-export type Fault =
+/** A fault applied to blob or manifest responses; with `times`, only to that many requests. */
+export type Fault = FaultKind & { times?: number };
+
+/** The kinds of {@link Fault}. */
+export type FaultKind =
   /** Serve these bytes instead of the real content (same length unless given otherwise). */
   | { kind: "wrongBytes"; bytes?: Uint8Array }
   /** Send the headers (full Content-Length) and this many bytes, then break the connection. */
@@ -41,6 +45,8 @@ export interface FakeOptions {
   chunkDelayMs?: number;
   /** Redirect blob GETs to this base URL (another server), like registries that use object storage. */
   redirectBlobsTo?: string;
+  /** Ignore Range headers on blobs (answer 200 with the whole body). */
+  ignoreRange?: boolean;
 }
 
 /** A running fake registry. */
@@ -159,6 +165,7 @@ export async function startFakeRegistry(opts: FakeOptions = {}): Promise<FakeReg
     const seen: SeenRequest = {
       method: req.method,
       path,
+      range: req.headers.get("range"),
       kind: "other",
       accept: req.headers.get("accept"),
       authorization: req.headers.get("authorization"),
@@ -194,6 +201,13 @@ export async function startFakeRegistry(opts: FakeOptions = {}): Promise<FakeReg
       if (!validTokens.has(tok) || !tok.endsWith(`repository:${repo}:pull`)) return challenge(`repository:${repo}:pull`);
     }
     const fault = allFault ?? (ref ? faults.get(ref) : undefined);
+    if (fault?.times !== undefined) {
+      fault.times--;
+      if (fault.times <= 0) {
+        if (fault === allFault) allFault = undefined;
+        else faults.delete(ref);
+      }
+    }
     if (fault?.kind === "status") {
       return new Response(JSON.stringify({ errors: [{ code: "UNAVAILABLE", message: "injected" }] }), {
         status: fault.status,
@@ -233,8 +247,17 @@ export async function startFakeRegistry(opts: FakeOptions = {}): Promise<FakeReg
     }
     let served = bytes;
     if (fault?.kind === "wrongBytes") served = fault.bytes ?? bytes.map((b) => b ^ 0xff);
-    const headers = { "content-length": String(served.length), "docker-content-digest": ref, "content-type": "application/octet-stream" };
+    const headers: Record<string, string> = { "content-length": String(served.length), "docker-content-digest": ref, "content-type": "application/octet-stream" };
     if (req.method === "HEAD") return new Response(null, { headers });
+    const range = /^bytes=(\d+)-$/.exec(req.headers.get("range") ?? "");
+    if (range && !opts.ignoreRange && Number(range[1]) < served.length) {
+      const start = Number(range[1]);
+      const part = served.subarray(start);
+      return new Response(body(part, fault), {
+        status: 206,
+        headers: { ...headers, "content-length": String(part.length), "content-range": `bytes ${start}-${served.length - 1}/${served.length}` },
+      });
+    }
     return new Response(body(served, fault), { headers });
   };
 
