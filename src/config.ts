@@ -19,6 +19,10 @@ export interface RegistryConfig {
   password?: string;
   /** How long a tag's digest is served without asking the upstream (ms). */
   tagTtlMs: number;
+  /** Never contact the upstream: serve only what is cached. */
+  offline: boolean;
+  /** How old (ms since the upstream last confirmed it) a tag may be and still be served when the upstream fails; Infinity = no limit. */
+  maxStaleMs: number;
 }
 
 /** Log levels, quietest last. */
@@ -38,12 +42,22 @@ export interface Config {
   /** Prefix of the registry for unprefixed names (`/v2/library/nginx/…`), or null for none. */
   defaultRegistry: string | null;
   logLevel: LogLevel;
+  /** Serve the status page (`GET /`) and its JSON API (`/api/v1/stats`, `/api/v1/images`). */
+  ui: boolean;
   upstream: {
     /** Bound on waiting for an upstream's response headers (ms). */
     headersTimeoutMs: number;
     /** Bound on each silent gap while reading an upstream body (ms) — never the whole transfer. */
     idleTimeoutMs: number;
+    /** Retries of idempotent upstream requests. */
+    retry: { attempts: number; baseDelayMs: number; budgetMs: number };
   };
+  download: {
+    /** A download whose last client went away still completes into the cache up to this size (bytes); a larger one is cancelled. */
+    maxDetachedBytes: number;
+  };
+  /** Bytes of blob content the store may hold (S3-FIFO eviction), or null for no bound. */
+  maxSizeBytes: number | null;
 }
 
 /** A configuration problem: names the field, for a one-line message and exit code 2. */
@@ -56,7 +70,7 @@ export class ConfigError extends Error {
 const DEFAULT_TAG_TTL_MS = 5 * 60_000;
 
 /** The embedded registry list: prefixes are the registries' host names. */
-export const EMBEDDED_REGISTRIES: readonly Omit<RegistryConfig, "tagTtlMs">[] = [
+export const EMBEDDED_REGISTRIES: readonly Omit<RegistryConfig, "tagTtlMs" | "offline" | "maxStaleMs">[] = [
   {
     prefix: "docker.io",
     url: "https://registry-1.docker.io",
@@ -81,8 +95,14 @@ export const CONFIG_FLAGS: Record<string, string> = {
   "--default-registry": "prefix for unprefixed names, or 'none' (default docker.io; env OCICACHE_DEFAULT_REGISTRY)",
   "--tag-ttl": "how long a tag is served without asking upstream, e.g. 5m, 30s, 0 (env OCICACHE_TAG_TTL)",
   "--log-level": "debug | info | warn | error (default info; env OCICACHE_LOG_LEVEL)",
+  "--ui": "status page at / and its JSON API under /api/v1/: true | false (default true; env OCICACHE_UI)",
   "--upstream-timeout": "bound on waiting for upstream response headers (default 30s)",
   "--idle-timeout": "bound on a silent gap in an upstream body (default 60s)",
+  "--upstream-retries": "attempts in all for an idempotent upstream request (default 3; 1 = no retries)",
+  "--offline": "prefix of a registry served from the cache only, never contacted (repeatable; env OCICACHE_OFFLINE=a,b)",
+  "--max-stale": "oldest tag (since the upstream last confirmed it) served when the upstream fails, e.g. 7d (default: no limit)",
+  "--max-detached": "a download whose clients all left still completes up to this size, e.g. 2GiB (default 2GiB)",
+  "--max-size": "bound on the bytes of blob content in the store, e.g. 50GiB; S3-FIFO eviction (default: unbounded; env OCICACHE_MAX_SIZE)",
 };
 
 /** Parse `5m`, `30s`, `1h`, `250ms` or plain seconds into ms. */
@@ -92,6 +112,18 @@ export function parseDuration(field: string, v: unknown): number {
   if (!m) throw new ConfigError(field, `expected a duration like 30s, 5m or 1h, got ${JSON.stringify(v)}`);
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "s"]!;
   return Math.round(Number(m[1]) * unit);
+}
+
+/** Parse `50GiB`, `512MiB`, `10GB`, `1048576` (bytes) into bytes. */
+export function parseSize(field: string, v: unknown): number {
+  if (typeof v === "number" && Number.isSafeInteger(v) && v >= 0) return v;
+  const m = typeof v === "string" ? /^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB|K|M|G|T)?$/i.exec(v.trim()) : null;
+  if (!m) throw new ConfigError(field, `expected a size like 512MiB, 50GiB or 10GB, got ${JSON.stringify(v)}`);
+  const units: Record<string, number> = {
+    b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12,
+    kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40,
+  };
+  return Math.round(Number(m[1]) * units[(m[2] ?? "b").toLowerCase()]);
 }
 
 /** Parse `[host]:port` / `host:port` / `:port`. */
@@ -143,9 +175,14 @@ interface FileConfig {
   indexAuthTokenEnv?: string;
   defaultRegistry?: string | null;
   logLevel?: string;
+  ui?: boolean;
   tagTtl?: string | number;
   upstreamTimeout?: string | number;
   idleTimeout?: string | number;
+  upstreamRetries?: number;
+  maxStale?: string | number;
+  maxDetached?: string | number;
+  maxSize?: string | number | null;
   embeddedRegistries?: boolean;
   registries?: Record<string, {
     url?: string;
@@ -155,6 +192,8 @@ interface FileConfig {
     passwordEnv?: string;
     passwordFile?: string;
     tagTtl?: string | number;
+    offline?: boolean;
+    maxStale?: string | number;
   }>;
 }
 
@@ -263,16 +302,27 @@ export async function loadConfig(src: ConfigSources): Promise<Config> {
   }
   const logLevel = String(pick("--log-level", "OCICACHE_LOG_LEVEL", file.logLevel) ?? "info") as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError("logLevel", `expected one of ${LOG_LEVELS.join(", ")}`);
+  const uiRaw = String(pick("--ui", "OCICACHE_UI", file.ui) ?? "true").toLowerCase();
+  if (!["true", "false", "1", "0"].includes(uiRaw)) throw new ConfigError("ui", "expected true or false");
+  const ui = uiRaw === "true" || uiRaw === "1";
   const ttlRaw = pick("--tag-ttl", "OCICACHE_TAG_TTL", file.tagTtl);
   const tagTtlMs = ttlRaw === undefined ? DEFAULT_TAG_TTL_MS : parseDuration("tagTtl", ttlRaw);
   const headersTimeoutMs = parseDuration("upstreamTimeout", pick("--upstream-timeout", "OCICACHE_UPSTREAM_TIMEOUT", file.upstreamTimeout) ?? "30s");
   const idleTimeoutMs = parseDuration("idleTimeout", pick("--idle-timeout", "OCICACHE_IDLE_TIMEOUT", file.idleTimeout) ?? "60s");
   if (headersTimeoutMs <= 0) throw new ConfigError("upstreamTimeout", "must be more than 0");
   if (idleTimeoutMs <= 0) throw new ConfigError("idleTimeout", "must be more than 0");
+  const attempts = Number(pick("--upstream-retries", "OCICACHE_UPSTREAM_RETRIES", file.upstreamRetries) ?? 3);
+  if (!Number.isInteger(attempts) || attempts < 1 || attempts > 10) throw new ConfigError("upstreamRetries", "expected a whole number from 1 to 10");
+  const maxStaleRaw = pick("--max-stale", "OCICACHE_MAX_STALE", file.maxStale);
+  const maxStaleMs = maxStaleRaw === undefined ? Infinity : parseDuration("maxStale", maxStaleRaw);
+  const maxDetachedBytes = parseSize("maxDetached", pick("--max-detached", "OCICACHE_MAX_DETACHED", file.maxDetached) ?? "2GiB");
+  const maxSizeRaw = pick("--max-size", "OCICACHE_MAX_SIZE", file.maxSize);
+  const maxSizeBytes = maxSizeRaw === undefined || maxSizeRaw === null || maxSizeRaw === "unbounded" ? null : parseSize("maxSize", maxSizeRaw);
+  if (maxSizeBytes !== null && maxSizeBytes < 1024 * 1024) throw new ConfigError("maxSize", "must be at least 1MiB (or 'unbounded')");
 
   const registries = new Map<string, RegistryConfig>();
   if (file.embeddedRegistries !== false) {
-    for (const r of EMBEDDED_REGISTRIES) registries.set(r.prefix, { ...r, hosts: [...r.hosts], tagTtlMs });
+    for (const r of EMBEDDED_REGISTRIES) registries.set(r.prefix, { ...r, hosts: [...r.hosts], tagTtlMs, offline: false, maxStaleMs });
   }
   for (const [prefix, r] of Object.entries(file.registries ?? {})) {
     const field = `registries.${prefix}`;
@@ -304,6 +354,8 @@ export async function loadConfig(src: ConfigSources): Promise<Config> {
       username: r.username,
       password,
       tagTtlMs: r.tagTtl !== undefined ? parseDuration(`${field}.tagTtl`, r.tagTtl) : tagTtlMs,
+      offline: r.offline ?? base?.offline ?? false,
+      maxStaleMs: r.maxStale !== undefined ? parseDuration(`${field}.maxStale`, r.maxStale) : (base?.maxStaleMs ?? maxStaleMs),
     });
   }
   const cliRegistries = [...(env("OCICACHE_REGISTRIES") ? [env("OCICACHE_REGISTRIES")!] : []), ...(flags.get("--registry") ?? [])];
@@ -319,9 +371,18 @@ export async function loadConfig(src: ConfigSources): Promise<Config> {
       username: base?.username,
       password: base?.password,
       tagTtlMs: base?.tagTtlMs ?? tagTtlMs,
+      offline: base?.offline ?? false,
+      maxStaleMs: base?.maxStaleMs ?? maxStaleMs,
     });
   }
   checkPrefixes([...registries.keys()]);
+  const offline = [...(env("OCICACHE_OFFLINE") ? [env("OCICACHE_OFFLINE")!] : []), ...(flags.get("--offline") ?? [])]
+    .flatMap((s) => s.split(",")).map((s) => s.trim()).filter((s) => s);
+  for (const prefix of offline) {
+    const r = registries.get(prefix);
+    if (!r) throw new ConfigError("--offline", `"${prefix}" is not a configured prefix (${[...registries.keys()].join(", ")})`);
+    r.offline = true;
+  }
 
   let defaultRegistry: string | null = null;
   const defRaw = pick("--default-registry", "OCICACHE_DEFAULT_REGISTRY", file.defaultRegistry);
@@ -342,7 +403,10 @@ export async function loadConfig(src: ConfigSources): Promise<Config> {
     registries: [...registries.values()],
     defaultRegistry,
     logLevel,
-    upstream: { headersTimeoutMs, idleTimeoutMs },
+    ui,
+    upstream: { headersTimeoutMs, idleTimeoutMs, retry: { attempts, baseDelayMs: 200, budgetMs: 10_000 } },
+    download: { maxDetachedBytes },
+    maxSizeBytes,
   };
 }
 

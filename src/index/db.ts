@@ -34,6 +34,15 @@ export const MIGRATIONS: readonly string[][] = [
        PRIMARY KEY (registry, repository, digest))`,
     `CREATE INDEX repo_objects_digest ON repo_objects (digest)`,
   ],
+  [
+    // S3-FIFO queue state of the blob size bound, one row per resident or ghost blob.
+    `CREATE TABLE eviction_queue (
+       key TEXT PRIMARY KEY,
+       size INTEGER NOT NULL,
+       queue TEXT NOT NULL,
+       freq INTEGER NOT NULL,
+       seq INTEGER NOT NULL)`,
+  ],
 ];
 
 /**

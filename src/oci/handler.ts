@@ -41,6 +41,15 @@ export interface PullDeps {
   now?: () => number;
   /** Told when a download ends without being stored. */
   onStoreFailure?: (error: Error) => void;
+  /** Once every client has left, a download larger than this is cancelled. */
+  maxDetachedBytes?: number;
+  /** The store's size bound, when there is one. */
+  eviction?: {
+    /** Whether a blob of this size can be kept at all. */
+    fits(size: number): boolean;
+    hit(digest: string, size: number): void;
+    stored(digest: string, size: number): void;
+  };
 }
 
 const API_VERSION = { "docker-distribution-api-version": "registry/2.0" };
@@ -91,14 +100,16 @@ export class PullHandler {
       }
       // Stale: ask with a HEAD (Docker Hub does not count it as a pull).
       const r = await this.#up(t).manifest("HEAD", t.name, tag, upstreamAccept(accept));
-      if (!r.ok || isUpstreamFailure(r)) {
+      const age = this.#now() - row.checkedAt;
+      if ((!r.ok || isUpstreamFailure(r)) && age <= t.registry.maxStaleMs) {
         ctx.cache = "stale";
         this.deps.log.warn("upstream failed, serving stale tag", {
-          registry: reg, repository: t.name, tag, digest: cached.digest, reason: failureReason(r),
+          registry: reg, repository: t.name, tag, digest: cached.digest, ageMs: age, reason: failureReason(r),
         });
         if (r.ok) await r.response.body?.cancel();
         return this.#serveManifest(cached, head, { warning: '110 - "Response is Stale"' });
       }
+      if (!r.ok || isUpstreamFailure(r)) return upstreamError(r, "MANIFEST_UNKNOWN", t);
       const res = r.response;
       await res.body?.cancel();
       if (res.status === 200 && res.headers.get("docker-content-digest") === cached.digest) {
@@ -209,6 +220,7 @@ export class PullHandler {
     const row = await this.deps.index.getBlob(digest.value);
     if (row && (await this.deps.cafs.size(row.key)) === row.size) {
       ctx.cache = "hit";
+      if (!head) this.deps.eviction?.hit(digest.value, row.size);
       const range = parseRange(head ? null : req.headers.get("range"), row.size);
       if (range.kind === "unsatisfiable") return rangeNotSatisfiable(row.size);
       const [start, end] = range.kind === "partial" ? [range.start, range.end] : [0, row.size - 1];
@@ -250,19 +262,35 @@ export class PullHandler {
     const len = r.response.headers.get("content-length");
     const size = len !== null && /^\d+$/.test(len) ? Number(len) : undefined;
     const via = { registry: t.registry.prefix, repository: t.name };
+    const up = this.#up(t);
     const flight = new Flight({
       digest,
       body: r.response.body,
       size,
       cafs: this.deps.cafs,
       files: this.deps.files,
-      onStored: (obj) => this.deps.index.putBlob({ digest: digest.value, key: obj.key, size: obj.size }, via, this.#now()),
+      maxDetachedBytes: this.deps.maxDetachedBytes,
+      onStored: async (obj) => {
+        await this.deps.index.putBlob({ digest: digest.value, key: obj.key, size: obj.size }, via, this.#now());
+        this.deps.eviction?.stored(digest.value, obj.size);
+      },
+      refuse: (n) =>
+        this.deps.eviction && !this.deps.eviction.fits(n)
+          ? `blob of ${n} bytes is larger than the whole --max-size bound; served without caching it (raise --max-size to cache it)`
+          : null,
+      resume: (offset) => resumeBody(up, t.name, digest.value, offset),
+      onEvent: (event, detail) =>
+        event === "resumed"
+          ? this.deps.log.warn("upstream broke off a blob; resuming with a Range request", { ...detail, registry: via.registry })
+          : this.deps.log.error("cannot store a blob (serving it to its clients from upstream without caching it)", { ...detail, registry: via.registry }),
     });
     flight.done.then((o) => {
       if (o.ok) this.deps.log.info("blob stored", { digest: digest.value, size: o.stored.size, registry: via.registry, repository: via.repository });
       else {
         this.deps.onStoreFailure?.(o.error);
-        this.deps.log.warn("blob download failed; nothing cached", { digest: digest.value, registry: via.registry, repository: via.repository, error: o.error.message });
+        this.deps.log.warn(o.clientsServed ? "blob served but not cached" : "blob download failed; nothing cached", {
+          digest: digest.value, registry: via.registry, repository: via.repository, error: o.error.message,
+        });
       }
     });
     return { ok: true, flight };
@@ -378,6 +406,36 @@ function flightResponse(flight: Flight, rangeHeader: string | null): Response {
   return new Response(flight.stream(), { status: 200, headers: blobHeaders(digest, size) });
 }
 
+/**
+ * The rest of a blob from `offset`: a 206 that starts there, or (an upstream that ignores Range)
+ * a 200 with the first `offset` bytes skipped. Null when the upstream gives neither.
+ */
+async function resumeBody(up: Upstream, name: string, digest: string, offset: number): Promise<ReadableStream<Uint8Array> | null> {
+  const r = await up.blob("GET", name, digest, { range: `bytes=${offset}-` });
+  if (!r.ok) return null;
+  const res = r.response;
+  const start = /^bytes (\d+)-/.exec(res.headers.get("content-range") ?? "")?.[1];
+  if (res.status === 206 && res.body && Number(start) === offset) return res.body;
+  if (res.status === 200 && res.body) return skip(res.body, offset);
+  await res.body?.cancel();
+  return null;
+}
+
+/** Drop the first `n` bytes of a stream. */
+function skip(body: ReadableStream<Uint8Array>, n: number): ReadableStream<Uint8Array> {
+  let left = n;
+  return body.pipeThrough(new TransformStream<Uint8Array, Uint8Array>({
+    transform(chunk, ctrl) {
+      if (left >= chunk.length) {
+        left -= chunk.length;
+        return;
+      }
+      ctrl.enqueue(left ? chunk.subarray(left) : chunk);
+      left = 0;
+    },
+  }));
+}
+
 /** True for what stale-if-error covers: no answer, 5xx, 429. */
 function isUpstreamFailure(r: UpstreamResult): boolean {
   return !r.ok || r.response.status >= 500 || r.response.status === 429;
@@ -416,6 +474,7 @@ function mapUpstream(
   const host = new URL(t.registry.url).host;
   const extra: Record<string, string> = retryAfter ? { "retry-after": retryAfter } : {};
   if (failure) {
+    if (failure.kind === "offline") return ociError(503, "UNAVAILABLE", `${failure.message}; ${t.name} is not in the cache`);
     return failure.kind === "timeout"
       ? ociError(504, "UNAVAILABLE", `upstream ${host} timed out: ${failure.message}`)
       : ociError(502, "UNAVAILABLE", `upstream ${host} is unreachable: ${failure.message}`);
