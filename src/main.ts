@@ -1,5 +1,5 @@
 /**
- * The `ocicache` command line: `serve` (default), `warm`, `ls`, `du`, `version`.
+ * The `ocicache` command line: `serve` (default), `warm`, `ls`, `du`, `fsck`, `gc`, `version`.
  * @module
  */
 import { readFile } from "node:fs/promises";
@@ -10,6 +10,8 @@ import { createLogger } from "./log.ts";
 import { detectRuntime } from "./runtime/mod.ts";
 import type { Runtime } from "./runtime/types.ts";
 import { openService } from "./service.ts";
+import { Cafs } from "./store/cafs.ts";
+import { reconcile, type ReconcileOptions, summarize } from "./store/maintenance.ts";
 import { VERSION } from "./version.ts";
 
 /** The flags that pick the store (for commands that read it without serving). */
@@ -36,6 +38,21 @@ function flagHelp(spec: ArgSpec): string {
 
 function configSources(rt: Runtime, flags: Map<string, string[]>) {
   return { flags, env: (n: string) => rt.env(n), readText: (p: string) => readFile(p, "utf8") };
+}
+
+/** `fsck` and `gc`: reconcile the store of `--storage` with its index and print the report. */
+async function maintain(rt: Runtime, flags: Map<string, string[]>, name: string, opts: ReconcileOptions): Promise<number> {
+  const config = await loadConfig(configSources(rt, flags));
+  const index = await openIndex(config);
+  try {
+    // No Cafs.init(): a running serve may be writing temp files right now.
+    const report = await reconcile(index, new Cafs(rt.files, config.storage), { ...opts, dryRun: flags.has("--dry-run") });
+    console.log(flags.has("--json") ? JSON.stringify(report, null, 2) : summarize(report, name));
+    for (const e of report.errors) console.error(`ocicache ${name}: ${e}`);
+    return report.errors.length ? 1 : 0;
+  } finally {
+    index.close();
+  }
 }
 
 const COMMANDS: Record<string, Command> = {
@@ -150,6 +167,30 @@ const COMMANDS: Record<string, Command> = {
       }
       return 0;
     },
+  },
+  fsck: {
+    summary: "check the store against its index and repair it (safe while serve runs)",
+    spec: {
+      known: STORE_FLAGS,
+      booleans: {
+        "--verify": "also re-hash every stored file (BLAKE3 and digest); reads the whole store",
+        "--json": "print the report as JSON",
+        "--dry-run": "report what would be repaired; change nothing",
+      },
+    },
+    usage: "ocicache fsck [--verify] [--json] [--dry-run] [--storage DIR]",
+    examples: ["ocicache fsck", "ocicache fsck --verify --storage /var/lib/ocicache", "ocicache fsck --json | jq .actions"],
+    run: (rt, flags) => maintain(rt, flags, "fsck", { verify: flags.has("--verify"), orphanGraceMs: 0 }),
+  },
+  gc: {
+    summary: "remove unindexed files, rows without files and old temp files (safe while serve runs)",
+    spec: {
+      known: STORE_FLAGS,
+      booleans: { "--json": "print the report as JSON", "--dry-run": "report what would be removed; change nothing" },
+    },
+    usage: "ocicache gc [--json] [--dry-run] [--storage DIR]",
+    examples: ["ocicache gc", "ocicache gc --dry-run --storage /var/lib/ocicache"],
+    run: (rt, flags) => maintain(rt, flags, "gc", {}),
   },
   version: {
     summary: "print the version",

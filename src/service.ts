@@ -15,6 +15,10 @@ import { Router } from "./oci/router.ts";
 import { Upstream } from "./oci/upstream.ts";
 import type { Handler, Runtime } from "./runtime/types.ts";
 import { Cafs } from "./store/cafs.ts";
+import { BlobEviction } from "./cache/eviction.ts";
+import { StatusApi } from "./ui/stats.ts";
+import { VERSION } from "./version.ts";
+import { StoreMaintenance, TMP_OLDER_THAN_MS } from "./store/maintenance.ts";
 
 /** A cache ready to serve. */
 export interface Service {
@@ -25,6 +29,10 @@ export interface Service {
   /** The upstream client of each registry, by prefix. */
   upstreams: Map<string, Upstream>;
   metrics: Metrics;
+  /** The size bound (S3-FIFO), when `--max-size` is set. */
+  eviction?: BlobEviction;
+  /** The store check started at open (in the background) and gc, also run periodically. */
+  maintenance: StoreMaintenance;
   /** Wait for downloads in flight, then close the index. */
   close(): Promise<void>;
 }
@@ -33,10 +41,14 @@ export interface Service {
 export interface ServiceOptions {
   fetch?: typeof fetch;
   now?: () => number;
+  /** Store maintenance timing (tests); see {@link StoreMaintenance}. */
+  maintenance?: { intervalMs?: number; orphanGraceMs?: number; tmpOlderThanMs?: number };
 }
 
 /** Open the storage and the index and wire up the handler. */
 export async function openService(config: Config, runtime: Runtime, log: Logger, opts: ServiceOptions = {}): Promise<Service> {
+  // Files modified before this are from an earlier run (the store check at start relies on it).
+  const startedAt = Date.now();
   const cafs = new Cafs(runtime.files, config.storage);
   await cafs.init();
   const index = new Index(await openDb(config.indexUrl, config.indexAuthToken));
@@ -53,6 +65,7 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
           metrics.upstreamRequests.inc({ registry: e.registry, kind: e.kind, method: e.method, status: String(e.status ?? "none") });
           metrics.upstreamLatency.observe({ registry: e.registry }, e.seconds);
           if (failed) metrics.upstreamErrors.inc({ registry: e.registry });
+          status?.upstream(e);
         },
         onBytes: (registry, n) => metrics.upstreamBytes.inc({ registry }, n),
       });
@@ -61,6 +74,9 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
     return u;
   };
   const flights = new Flights();
+  const eviction = config.maxSizeBytes !== null
+    ? await BlobEviction.open({ capacity: config.maxSizeBytes, index, cafs, log })
+    : undefined;
   const pull = new PullHandler({
     index,
     cafs,
@@ -69,8 +85,24 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
     upstream: upstreamFor,
     log,
     now: opts.now,
-    onStoreFailure: () => metrics.storeFailures.inc(),
+    onStoreFailure: (e) => {
+      metrics.storeFailures.inc();
+      status?.storeError(e.message);
+    },
+    maxDetachedBytes: config.download.maxDetachedBytes,
+    eviction,
   });
+  if (eviction) {
+    const fig = () => eviction.figures();
+    for (const q of ["small", "main", "ghost"] as const) {
+      metrics.gauge(`ocicache_eviction_${q}_bytes`, `Bytes in the S3-FIFO ${q} queue${q === "ghost" ? " (remembered, not stored)" : ""}.`, () => fig().queues[q].bytes);
+    }
+    metrics.gauge("ocicache_eviction_capacity_bytes", "The --max-size bound on blob bytes.", () => fig().capacity);
+    metrics.gauge("ocicache_evictions_total", "Blobs evicted to keep the store under its bound (since start).", () => fig().evictions);
+    metrics.gauge("ocicache_eviction_ghost_hits_total", "Misses admitted straight to the main queue because S3-FIFO remembered them (since start).", () => fig().ghostHits);
+    metrics.gauge("ocicache_eviction_promotions_total", "Blobs moved from the small to the main queue (since start).", () => fig().promotions);
+    metrics.gauge("ocicache_eviction_reclaimed_bytes_total", "Bytes of files removed by eviction (since start).", () => fig().reclaimedBytes);
+  }
   metrics.gauge("ocicache_downloads_in_flight", "Upstream blob downloads streaming now.", () => flights.streaming().length);
   metrics.gauge("ocicache_download_waiters", "Clients reading downloads in flight.", () =>
     flights.streaming().reduce((n, f) => n + f.readers, 0));
@@ -95,7 +127,29 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
     await probe.close();
     await runtime.files.remove(probe.path);
   };
-  const handler = createApp({ router, pull, log, ready, metrics });
+  // The status page's figures (GET /, /api/v1/…); fed by the app's request hook and `observe` above.
+  const status = config.ui
+    ? new StatusApi({
+      version: VERSION,
+      registries: config.registries,
+      defaultRegistry: config.defaultRegistry,
+      store: stats,
+      storeBound: () => config.maxSizeBytes,
+      evictions: () => eviction?.figures().evictions ?? 0,
+      upstreamBytes: (registry) => metrics.upstreamBytes.get({ registry }),
+      downloads: () => flights.streaming(),
+      images: () => index.listImages(),
+    })
+    : undefined;
+  const handler = createApp({ router, pull, log, ready, metrics, status });
+  // A live download's temp file is written to at least once per idle timeout; keep well clear.
+  const { idleTimeoutMs, headersTimeoutMs } = config.upstream;
+  const maintenance = new StoreMaintenance(index, cafs, {
+    log,
+    tmpOlderThanMs: Math.max(TMP_OLDER_THAN_MS, 4 * (idleTimeoutMs + headersTimeoutMs)),
+    ...opts.maintenance,
+  });
+  maintenance.start(startedAt);
   return {
     handler,
     index,
@@ -103,9 +157,13 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
     flights,
     upstreams,
     metrics,
+    eviction,
+    maintenance,
     async close() {
       const active = await flights.active();
       await Promise.allSettled(active.map((f) => f.done));
+      await maintenance.close();
+      await eviction?.flush();
       index.close();
     },
   };

@@ -9,6 +9,8 @@ import type { Metrics } from "../metrics.ts";
 import type { PullHandler, RequestContext } from "../oci/handler.ts";
 import type { Router } from "../oci/router.ts";
 import type { ConnInfo, Handler } from "../runtime/types.ts";
+import { isStatusPath, serveStatus } from "../ui/routes.ts";
+import type { StatusApi } from "../ui/stats.ts";
 import { ociError } from "./errors.ts";
 
 /** What the app needs. */
@@ -19,7 +21,12 @@ export interface AppDeps {
   /** Resolves when the service can serve: index answers, storage writable. Rejects with why not. */
   ready: () => Promise<void>;
   metrics: Metrics;
+  /** The status page (`GET /`) and its JSON API; absent (404) with `--ui=false`. */
+  status?: StatusApi;
 }
+
+/** What the handler reports back, plus the repository for the status page's top lists. */
+type AppContext = RequestContext & { repository?: string };
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -29,7 +36,7 @@ export function createApp(deps: AppDeps): Handler {
     const started = performance.now();
     const given = req.headers.get("x-request-id");
     const id = given && REQUEST_ID.test(given) ? given : crypto.randomUUID();
-    const ctx: RequestContext = { cache: "none", endpoint: "other" };
+    const ctx: AppContext = { cache: "none", endpoint: "other" };
     let url: URL | undefined;
     let res: Response;
     try {
@@ -56,11 +63,12 @@ export function createApp(deps: AppDeps): Handler {
       registry: ctx.registry,
       remote: info.remoteAddr,
     });
+    deps.status?.request({ ...ctx, method: req.method, status: res.status, bytes });
     return res;
   };
 }
 
-async function dispatch(deps: AppDeps, req: Request, url: URL, ctx: RequestContext): Promise<Response> {
+async function dispatch(deps: AppDeps, req: Request, url: URL, ctx: AppContext): Promise<Response> {
   const path = url.pathname;
   if (path === "/v2" || path.startsWith("/v2/")) {
     if (req.method !== "GET" && req.method !== "HEAD") {
@@ -70,6 +78,7 @@ async function dispatch(deps: AppDeps, req: Request, url: URL, ctx: RequestConte
     }
     const routed = deps.router.route(url);
     if (!routed.ok) return routed.response;
+    if (routed.route.kind !== "base") ctx.repository = routed.route.target.name;
     return await deps.pull.handle(req, routed.route, ctx);
   }
   if (path === "/healthz") {
@@ -88,6 +97,11 @@ async function dispatch(deps: AppDeps, req: Request, url: URL, ctx: RequestConte
     } catch (e) {
       return Response.json({ status: "not ready", reason: (e as Error).message }, { status: 503 });
     }
+  }
+  if (deps.status && isStatusPath(path)) {
+    const r = await serveStatus(deps.status, req, path);
+    ctx.endpoint = r.endpoint;
+    return r.response;
   }
   return ociError(404, "UNSUPPORTED", `no such endpoint: ${path}; the registry API is under /v2/`);
 }

@@ -189,6 +189,36 @@ export class Index {
     }));
   }
 
+  /** The persisted eviction queue rows (S3-FIFO state), in no particular order. */
+  async evictionRows(): Promise<{ key: string; size: number; queue: string; freq: number; seq: number }[]> {
+    const rs = await this.db.execute("SELECT key, size, queue, freq, seq FROM eviction_queue");
+    return rs.rows.map((r) => ({ key: String(r.key), size: Number(r.size), queue: String(r.queue), freq: Number(r.freq), seq: Number(r.seq) }));
+  }
+
+  /** Apply eviction queue row changes in one transaction; `replace` first empties the table. */
+  async writeEvictionRows(
+    puts: { key: string; size: number; queue: string; freq: number; seq: number }[],
+    deletes: string[],
+    replace = false,
+  ): Promise<void> {
+    const stmts = [
+      ...(replace ? [{ sql: "DELETE FROM eviction_queue", args: [] }] : []),
+      ...deletes.map((key) => ({ sql: "DELETE FROM eviction_queue WHERE key = ?", args: [key] })),
+      ...puts.map((e) => ({
+        sql: `INSERT INTO eviction_queue (key, size, queue, freq, seq) VALUES (?, ?, ?, ?, ?)
+              ON CONFLICT (key) DO UPDATE SET size = excluded.size, queue = excluded.queue, freq = excluded.freq, seq = excluded.seq`,
+        args: [e.key, e.size, e.queue, e.freq, e.seq],
+      })),
+    ];
+    if (stmts.length) await this.db.batch(stmts, "write");
+  }
+
+  /** Bytes and entries per eviction queue (for `du`). */
+  async evictionQueues(): Promise<Record<string, { count: number; bytes: number }>> {
+    const rs = await this.db.execute("SELECT queue, count(*) AS n, coalesce(sum(size), 0) AS b FROM eviction_queue GROUP BY queue");
+    return Object.fromEntries(rs.rows.map((r) => [String(r.queue), { count: Number(r.n), bytes: Number(r.b) }]));
+  }
+
   /** Close the connection. */
   close(): void {
     this.db.close();
@@ -197,6 +227,62 @@ export class Index {
   /** A cheap query that proves the index answers. */
   async ping(): Promise<void> {
     await this.db.execute("SELECT 1");
+  }
+
+  // --- Store maintenance (src/store/maintenance.ts) ---
+
+  /** Every blob and manifest row: digest, store key, size. */
+  async listObjects(): Promise<(BlobRow & { kind: "blob" | "manifest" })[]> {
+    const rs = await this.db.execute(
+      `SELECT 'blob' AS kind, digest, key, size FROM blobs
+       UNION ALL SELECT 'manifest' AS kind, digest, key, size FROM manifests`,
+    );
+    return rs.rows.map((r) => ({
+      kind: r.kind === "manifest" ? "manifest" as const : "blob" as const,
+      digest: String(r.digest),
+      key: String(r.key),
+      size: Number(r.size),
+    }));
+  }
+
+  /** Whether any blob or manifest row names this store key. */
+  async keyInUse(key: string): Promise<boolean> {
+    const r = await this.#one(
+      "SELECT EXISTS (SELECT 1 FROM blobs WHERE key = ?) OR EXISTS (SELECT 1 FROM manifests WHERE key = ?) AS used",
+      [key, key],
+    );
+    return Number(r?.used) === 1;
+  }
+
+  /**
+   * Drop a blob or manifest row, only if it still names `key` (a row rewritten since is kept),
+   * and the repository links of a digest nothing holds any more. Tags stay: a tag whose manifest
+   * is gone is fetched again. Resolves to whether a row went.
+   */
+  async dropObject(kind: "blob" | "manifest", digest: string, key: string): Promise<boolean> {
+    const table = kind === "manifest" ? "manifests" : "blobs";
+    const [del] = await this.db.batch([
+      { sql: `DELETE FROM ${table} WHERE digest = ? AND key = ?`, args: [digest, key] },
+      {
+        sql: `DELETE FROM repo_objects WHERE digest = ?
+                AND NOT EXISTS (SELECT 1 FROM blobs WHERE digest = ?)
+                AND NOT EXISTS (SELECT 1 FROM manifests WHERE digest = ?)`,
+        args: [digest, digest, digest],
+      },
+    ], "write");
+    return del.rowsAffected > 0;
+  }
+
+  /**
+   * Record a blob found intact in the store without a row (a crash between its rename and its
+   * row). No repository link: it was pulled through an unknown one. An existing row wins.
+   */
+  async adoptBlob(row: BlobRow, now = Date.now()): Promise<boolean> {
+    const rs = await this.db.execute({
+      sql: "INSERT INTO blobs (digest, key, size, stored_at) VALUES (?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
+      args: [row.digest, row.key, row.size, now],
+    });
+    return rs.rowsAffected > 0;
   }
 }
 
