@@ -1,0 +1,393 @@
+/**
+ * The benchmark's results: their shape, the tables (figures + ratios against references measured
+ * in the same run), rendered for the terminal and as Markdown for docs/benchmarks.md.
+ * @module
+ */
+import type { LoadResult } from "./client.ts";
+import type { ComponentRow } from "./components.ts";
+import { fmt, median, MiB, ratio } from "./util.ts";
+
+/** Throughput samples of one target. */
+export interface ThroughputRow {
+  key: string;
+  label: string;
+  mibps: number[];
+  ttfbMs?: number[];
+}
+
+/** One target of the concurrent-cold test. */
+export interface ConcurrentRow {
+  key: string;
+  label: string;
+  clients: number;
+  single: {
+    wallS: number[];
+    upstreamBytes: number[];
+    upstreamBlobGets: number[];
+  };
+  many: {
+    wallS: number[];
+    upstreamBytes: number[];
+    upstreamBlobGets: number[];
+    slowestClientS: number[];
+  };
+}
+
+export interface ManifestRow {
+  key: string;
+  label: string;
+  load: LoadResult;
+  /** Upstream manifest requests per 100 sequential warm tag GETs (counted by the relay). */
+  upstreamPer100?: number;
+}
+
+export interface StartupRow {
+  key: string;
+  label: string;
+  firstMs: number;
+  ms: number[];
+}
+
+export interface RssRow {
+  key: string;
+  label: string;
+  /** VmRSS right after start (and one manifest GET). */
+  baselineKiB: number;
+  /** VmHWM after the concurrent GETs (for a process started before the run: its whole life). */
+  hwmKiB: number;
+  /** Highest VmRSS sampled every 20 ms during the GETs. */
+  sampledMaxKiB: number;
+  /** Aggregate MiB/s of the concurrent GETs. */
+  aggregateMiBps: number;
+  note?: string;
+}
+
+export interface Results {
+  meta: {
+    date: string;
+    totalSeconds?: number;
+    machine: Record<string, string | number>;
+    versions: Record<string, string>;
+    settings: Record<string, string | number | boolean>;
+    client: string;
+    loadavgStart: number[];
+    loadavgEnd?: number[];
+    notes: string[];
+  };
+  warm: ThroughputRow[];
+  cold: ThroughputRow[];
+  /** Per-step costs of a cold fill, measured in the bench process (reference for test 2). */
+  components: ComponentRow[];
+  concurrent: ConcurrentRow[];
+  manifest: ManifestRow[];
+  startup: StartupRow[];
+  rss: RssRow[];
+}
+
+/** A rendered table. */
+export interface Table {
+  title: string;
+  note: string;
+  headers: string[];
+  rows: string[][];
+}
+
+const med = (xs: number[] | undefined) => (xs && xs.length ? median(xs) : NaN);
+const spread = (
+  xs: number[],
+  d = 0,
+) => (xs.length > 1
+  ? `${fmt(Math.min(...xs), d)}–${fmt(Math.max(...xs), d)}`
+  : "–");
+
+/** The tables of a result set. */
+export function tables(r: Results): Table[] {
+  const out: Table[] = [];
+  const size = r.meta.settings.sizeMiB;
+  const get = (rows: ThroughputRow[], key: string) =>
+    med(rows.find((x) => x.key === key)?.mibps);
+
+  if (r.warm.length) {
+    const peer = get(r.warm, "peer");
+    const up = get(r.warm, "upstream");
+    const disk = get(r.warm, "disk");
+    out.push({
+      title: `1. Warm blob GET, ${size} MiB layer`,
+      note:
+        `median of ${r.meta.settings.warmReps} GETs per target (one ${r.meta.client} client, body discarded); disk = node:fs read of the stored file in 1 MiB chunks (page cache)`,
+      headers: [
+        "target",
+        "MiB/s (median)",
+        "range",
+        "vs peer",
+        "vs upstream",
+        "vs disk",
+      ],
+      rows: r.warm.map((x) => {
+        const m = med(x.mibps);
+        return [
+          x.label,
+          fmt(m),
+          spread(x.mibps),
+          ratio(m, peer),
+          ratio(m, up),
+          ratio(m, disk),
+        ];
+      }),
+    });
+  }
+  if (r.cold.length) {
+    const peer = get(r.cold, "peer");
+    const up = get(r.cold, "upstream");
+    out.push({
+      title: `2. Cold blob GET, fresh ${size} MiB layer each time`,
+      note:
+        `median of ${r.meta.settings.coldReps} GETs per target, a different blob each GET; TTFB = time to first body byte`,
+      headers: [
+        "target",
+        "MiB/s (median)",
+        "range",
+        "TTFB ms (median)",
+        "vs peer",
+        "vs upstream",
+      ],
+      rows: r.cold.map((x) => {
+        const m = med(x.mibps);
+        return [
+          x.label,
+          fmt(m),
+          spread(x.mibps),
+          fmt(med(x.ttfbMs), 1),
+          ratio(m, peer),
+          ratio(m, up),
+        ];
+      }),
+    });
+  }
+  if (r.components.length) {
+    const total = r.components.reduce((n, c) => n + c.secondsPerLayer, 0);
+    out.push({
+      title:
+        "2b. Reference: the steps of a cold fill, one after another on one thread",
+      note: `measured in the bench process (${
+        r.meta.versions.bench ?? "deno"
+      }) over the ${size} MiB layer in 64 KiB chunks (what a fetch body delivers here); a cache that hashes twice and writes each chunk before passing it on cannot beat the serial sum unless it overlaps the steps`,
+      headers: ["step", "MiB/s", "s per layer"],
+      rows: [
+        ...r.components.map((
+          c,
+        ) => [c.label, fmt(c.mibps), fmt(c.secondsPerLayer, 2)]),
+        [
+          "sum (serial ceiling, before network and serving)",
+          fmt(Number(size) / total),
+          fmt(total, 2),
+        ],
+      ],
+    });
+  }
+  if (r.concurrent.length) {
+    const bytes = Number(size) * MiB;
+    out.push({
+      title: `3. Concurrent cold clients of one fresh ${size} MiB layer`,
+      note:
+        `median of ${r.meta.settings.coldReps} runs each; upstream traffic counted by a TCP relay between cache and upstream ("× layer" = bytes received from upstream / layer size; GETs = upstream blob GET request lines)`,
+      headers: [
+        "target",
+        "clients",
+        "wall s",
+        "wall vs 1 client",
+        "upstream MiB",
+        "× layer",
+        "upstream blob GETs",
+        "aggregate MiB/s",
+      ],
+      rows: r.concurrent.flatMap((x) => {
+        const w1 = med(x.single.wallS);
+        const wn = med(x.many.wallS);
+        return [
+          [
+            x.label,
+            "1",
+            fmt(w1, 2),
+            "1.00×",
+            fmt(med(x.single.upstreamBytes) / MiB),
+            fmt(med(x.single.upstreamBytes) / bytes, 2),
+            fmt(med(x.single.upstreamBlobGets)),
+            fmt(Number(size) / w1),
+          ],
+          [
+            x.label,
+            String(x.clients),
+            fmt(wn, 2),
+            ratio(wn, w1),
+            fmt(med(x.many.upstreamBytes) / MiB),
+            fmt(med(x.many.upstreamBytes) / bytes, 2),
+            fmt(med(x.many.upstreamBlobGets)),
+            fmt(x.clients * Number(size) / wn),
+          ],
+        ];
+      }),
+    });
+  }
+  if (r.manifest.length) {
+    const peer = r.manifest.find((x) => x.key === "peer")?.load;
+    out.push({
+      title: "4. Warm manifest by tag",
+      note:
+        `${r.meta.settings.manifestConcurrency} concurrent keep-alive connections, closed loop, ${r.meta.settings.manifestSeconds} s after a 1 s warm-up; fetch-based load generator in the bench process (shares the ${r.meta.machine.nproc} cores); upstream requests counted by the relay over 100 sequential GETs through a second instance of each cache`,
+      headers: [
+        "target",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "req/s vs peer",
+        "p99 vs peer",
+        "upstream req per 100 GETs",
+      ],
+      rows: r.manifest.map((x) => [
+        x.label,
+        fmt(x.load.rps),
+        fmt(x.load.p50Ms, 2),
+        fmt(x.load.p99Ms, 2),
+        fmt(x.load.maxMs, 1),
+        fmt(x.load.errors),
+        ratio(x.load.rps, peer?.rps),
+        ratio(x.load.p99Ms, peer?.p99Ms),
+        x.key === "upstream" ? "n/a" : fmt(x.upstreamPer100),
+      ]),
+    });
+  }
+  if (r.startup.length) {
+    out.push({
+      title: "5. Start-up to a ready GET /v2/",
+      note:
+        `spawn → first 200 on /v2/ (polled every 5 ms), fresh empty storage each time; median of ${r.meta.settings.startupRuns} after one unmeasured first start`,
+      headers: ["how", "median ms", "range ms", "first start ms"],
+      rows: r.startup.map((
+        x,
+      ) => [x.label, fmt(med(x.ms)), spread(x.ms), fmt(x.firstMs)]),
+    });
+  }
+  if (r.rss.length) {
+    out.push({
+      title:
+        `6. Memory during ${r.meta.settings.rssClients} concurrent warm GETs of the ${size} MiB layer`,
+      note:
+        'ocicache: a fresh process on the warm store; VmHWM from /proc/<pid>/status after the GETs; VmRSS sampled every 20 ms; the peer row is a reference from the long-running peer (its "after start" = just before these GETs)',
+      headers: [
+        "process",
+        "RSS after start MiB",
+        "peak VmHWM MiB",
+        "max sampled RSS MiB",
+        "aggregate MiB/s",
+        "note",
+      ],
+      rows: r.rss.map((
+        x,
+      ) => [
+        x.label,
+        fmt(x.baselineKiB / 1024, 1),
+        fmt(x.hwmKiB / 1024, 1),
+        fmt(x.sampledMaxKiB / 1024, 1),
+        fmt(x.aggregateMiBps),
+        x.note ?? "",
+      ]),
+    });
+  }
+  return out;
+}
+
+function pad(rows: string[][]): string[] {
+  const widths = rows[0].map((_, i) =>
+    Math.max(...rows.map((r) => (r[i] ?? "").length))
+  );
+  return rows.map((r) =>
+    r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i])))
+      .join("  ").trimEnd()
+  );
+}
+
+/** Plain-text tables for the terminal. */
+export function renderText(r: Results): string {
+  const parts: string[] = [];
+  for (const t of tables(r)) {
+    const lines = pad([t.headers, ...t.rows]);
+    parts.push(
+      `${t.title}\n  (${t.note})\n  ${lines[0]}\n  ${
+        "-".repeat(lines[0].length)
+      }\n${lines.slice(1).map((l) => "  " + l).join("\n")}`,
+    );
+  }
+  return parts.join("\n\n");
+}
+
+const esc = (s: string) => s.replace(/\|/g, "\\|");
+
+/** docs/benchmarks.md */
+export function renderMarkdown(r: Results): string {
+  const m = r.meta;
+  const lines: string[] = [
+    "# Benchmarks",
+    "",
+    "Generated by `deno task bench` (`scripts/bench.ts`); rerun it to refresh this file. Raw figures:",
+    "`test-output/bench.json`. Every ratio compares figures measured in the same run on the same",
+    "machine. Treat them as a smoke-level picture of one small VM, not as absolute numbers.",
+    "",
+    "## What runs",
+    "",
+    "- **ocicache** as a child process, `serve --listen 127.0.0.1:PORT --storage TMP --registry up=UPSTREAM",
+    "  --default-registry up --log-level warn`: the compiled binary `dist/ocicache-linux-x64` (Bun) when it",
+    "  exists, and `deno run -A src/main.ts`.",
+    "- **upstream**: Debian's `docker-registry` (CNCF distribution) on 127.0.0.1, filled through its upload API",
+    "  (chunked PATCH + PUT ?digest=) with random layers; each fresh layer = 64 unique random bytes + one",
+    "  random base file, so every blob is different.",
+    "- **peer**: a second `docker-registry` with `proxy.remoteurl` = the upstream (distribution's own",
+    "  pull-through cache).",
+    `- Blob transfers are timed by \`${m.client}\` (\`-o /dev/null\`, its own timer); the manifest load`,
+    "  generator is fetch-based and runs inside the bench process.",
+    "- Upstream traffic (test 3) is counted by a TCP relay (`scripts/bench/count_proxy.ts`) placed between",
+    "  a dedicated cache instance and the upstream.",
+    "",
+    "## Machine and run",
+    "",
+    "| | |",
+    "|---|---|",
+    `| date | ${m.date} |`,
+    ...Object.entries(m.machine).map(([k, v]) =>
+      `| ${esc(k)} | ${esc(String(v))} |`
+    ),
+    ...Object.entries(m.versions).map(([k, v]) => `| ${esc(k)} | ${esc(v)} |`),
+    ...Object.entries(m.settings).map(([k, v]) =>
+      `| setting: ${esc(k)} | ${esc(String(v))} |`
+    ),
+    `| load average at start / end | ${
+      m.loadavgStart.map((x) => x.toFixed(2)).join(" ")
+    } / ${(m.loadavgEnd ?? []).map((x) => x.toFixed(2)).join(" ")} |`,
+    `| total bench run time | ${
+      m.totalSeconds !== undefined ? `${m.totalSeconds.toFixed(0)} s` : "–"
+    } |`,
+    "",
+    "## Results",
+    "",
+  ];
+  for (const t of tables(r)) {
+    lines.push(`### ${t.title}`, "", `${t.note}.`, "");
+    lines.push(`| ${t.headers.map(esc).join(" | ")} |`);
+    lines.push(
+      `|${
+        t.headers.map((h, i) => (i === 0 || h === "note" ? "---" : "---:"))
+          .join("|")
+      }|`,
+    );
+    for (const row of t.rows) lines.push(`| ${row.map(esc).join(" | ")} |`);
+    lines.push("");
+  }
+  if (m.notes.length) {
+    lines.push("## Observations from this run", "");
+    for (const n of m.notes) lines.push(`- ${n}`);
+    lines.push("");
+  }
+  return lines.join("\n");
+}
