@@ -193,3 +193,24 @@ describe(`Cafs on ${runtime.name}`, () => {
     assert.ok((await stat(join(fresh, "tmp"))).isDirectory());
   });
 });
+
+test("a damaged file under an object's name (wrong size) is replaced by a new good write, not trusted", async () => {
+  const { detectRuntime } = await import("../src/runtime/mod.ts");
+  const { Cafs } = await import("../src/store/cafs.ts");
+  const { mkdtemp, writeFile, readFile, rm } = await import("node:fs/promises");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const dir = await mkdtemp(join(tmpdir(), "ocicache-cafs-damaged-"));
+  try {
+    const cafs = new Cafs(detectRuntime().files, dir);
+    await cafs.init();
+    const bytes = new TextEncoder().encode("the real content of an object");
+    const first = await cafs.putBytes(bytes);
+    await writeFile(cafs.pathOf(first.key), bytes.subarray(0, 5)); // truncated behind our back
+    const again = await cafs.putBytes(bytes);
+    assert.equal(again.key, first.key);
+    assert.deepEqual(new Uint8Array(await readFile(cafs.pathOf(first.key))), bytes);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

@@ -78,7 +78,7 @@ export class CafsWriter {
     await this.temp.sync();
     await this.#close();
     const key = this.blake.digest("hex");
-    await this.cafs.adopt(this.temp.path, key);
+    await this.cafs.adopt(this.temp.path, key, this.#size);
     return { key, size: this.#size };
   }
 
@@ -140,10 +140,13 @@ export class Cafs {
     }
   }
 
-  /** @internal Move a finished temp file to the final name for `key`, or drop it if present. */
-  async adopt(tempPath: string, key: string): Promise<void> {
+  /**
+   * @internal Move a finished temp file to the final name for `key`, or drop it when an intact
+   * copy is there already. A file of the wrong size under that name (damaged) is replaced.
+   */
+  async adopt(tempPath: string, key: string, size: number): Promise<void> {
     const dest = this.pathOf(key);
-    if (await this.files.stat(dest)) {
+    if ((await this.files.stat(dest))?.size === size) {
       await this.files.remove(tempPath);
       return;
     }
