@@ -147,6 +147,9 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
   const maintenance = new StoreMaintenance(index, cafs, {
     log,
     tmpOlderThanMs: Math.max(TMP_OLDER_THAN_MS, 4 * (idleTimeoutMs + headersTimeoutMs)),
+    // Keep the size bound's view in step with what maintenance drops and re-indexes.
+    onRowDropped: (row) => row.kind === "blob" && eviction?.forget(row.digest),
+    onReindexed: (row) => eviction?.stored(row.digest, row.size),
     ...opts.maintenance,
   });
   maintenance.start(startedAt);

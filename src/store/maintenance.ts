@@ -70,6 +70,10 @@ export interface ReconcileOptions {
   now?: number;
   /** Stop early (the service is closing); the report covers what was done. */
   signal?: AbortSignal;
+  /** Told of each row dropped (e.g. so the size bound forgets the blob). */
+  onRowDropped?: (row: StoredRow) => void;
+  /** Told of each orphan re-indexed as a blob (e.g. so the size bound admits it). */
+  onReindexed?: (row: { digest: string; key: string; size: number }) => void;
 }
 
 /** One thing reconcile found (and, unless a dry run, did). */
@@ -119,6 +123,11 @@ export const TMP_OLDER_THAN_MS = 60 * 60_000;
 export const MAX_ACTIONS = 1000;
 
 const KEY = /^[0-9a-f]{64}$/;
+
+/** A file that went away while we looked at it (eviction, or another gc): not an error. */
+function isGone(e: unknown): boolean {
+  return (e as { code?: string })?.code === "ENOENT" || (e as Error)?.name === "NotFound";
+}
 const HASH_CHUNK = 1024 * 1024;
 
 /** BLAKE3 and OCI digests of a file, read in chunks. */
@@ -190,6 +199,7 @@ export async function reconcile(index: MaintenanceIndex, cafs: Cafs, opts: Recon
   };
   const dropRow = async (row: StoredRow, reason: string) => {
     if (!dryRun && !(await index.dropObject(row.kind, row.digest, row.key))) return;
+    if (!dryRun) opts.onRowDropped?.(row);
     r.rowsDropped++;
     note({ action: "row-dropped", digest: row.digest, key: row.key, reason: `${row.kind} ${reason}` });
   };
@@ -247,7 +257,7 @@ export async function reconcile(index: MaintenanceIndex, cafs: Cafs, opts: Recon
       }
       if (kept.length) referenced.add(key);
     } catch (e) {
-      fail(`checking ${key}`, e);
+      if (!isGone(e)) fail(`checking ${key}`, e); // gone while re-hashing: the next run sees why
       referenced.add(key); // unknown: never treat it as an orphan
     }
   }
@@ -261,6 +271,7 @@ export async function reconcile(index: MaintenanceIndex, cafs: Cafs, opts: Recon
       const st = await files.stat(dirPath);
       if (!st) continue;
       if (!st.isDirectory) {
+        r.checked.files++;
         await judgeStray(dirPath, st.size, st.mtimeMs);
         continue;
       }
@@ -297,7 +308,17 @@ export async function reconcile(index: MaintenanceIndex, cafs: Cafs, opts: Recon
         }
         const h = await hashFile(cafs, path, ["sha256"]);
         if (h.blake3 === name) {
-          if (!dryRun) await index.adoptBlob({ digest: h.digests.sha256, key: name, size: h.size }, now);
+          const row = { digest: h.digests.sha256, key: name, size: h.size };
+          if (!dryRun) {
+            // Eviction drops a row, then removes the file: do not bring back a file on its way out.
+            if (!(await files.stat(path))) continue;
+            if (!(await index.adoptBlob(row, now))) continue; // a download indexed it meanwhile
+            if (!(await files.stat(path))) {
+              await index.dropObject("blob", row.digest, row.key);
+              continue;
+            }
+            opts.onReindexed?.(row);
+          }
           r.orphansReindexed++;
           note({ action: "orphan-reindexed", path, key: name, digest: h.digests.sha256, reason: "no index row; bytes intact" });
         } else {
@@ -306,13 +327,12 @@ export async function reconcile(index: MaintenanceIndex, cafs: Cafs, opts: Recon
           note({ action: "corrupt-removed", path, key: name, reason: `no index row; bytes hash to BLAKE3 ${h.blake3}` });
         }
       } catch (e) {
-        fail(`checking ${path}`, e);
+        if (!isGone(e)) fail(`checking ${path}`, e);
       }
     }
   }
 
   async function judgeStray(path: string, size: number, mtimeMs: number) {
-    r.checked.files++;
     if (mtimeMs >= orphanCutoff) {
       r.youngOrphansKept++;
       return;
@@ -385,6 +405,8 @@ export interface MaintenanceOptions {
   intervalMs?: number;
   orphanGraceMs?: number;
   tmpOlderThanMs?: number;
+  onRowDropped?: ReconcileOptions["onRowDropped"];
+  onReindexed?: ReconcileOptions["onReindexed"];
 }
 
 /**
@@ -401,12 +423,12 @@ export class StoreMaintenance {
   constructor(private readonly index: MaintenanceIndex, private readonly cafs: Cafs, private readonly opts: MaintenanceOptions) {}
 
   /**
-   * Start the check at start: files and rows from before `startedAt` (every temp file is already
-   * gone, see `Cafs.init`) — nothing this process writes is older, so no grace period is needed.
-   * Then start the periodic gc.
+   * Start the check at start: files with no row last written before `startedAt` are judged at
+   * once — nothing this process writes is older, so no grace period is needed. Temp files are
+   * left to `Cafs.init`, which removed them all before serving began. Then start periodic gc.
    */
   start(startedAt: number): void {
-    this.startup = this.#run("store check at start", { now: startedAt, orphanGraceMs: 0, tmpOlderThanMs: 0 }, true);
+    this.startup = this.#run("store check at start", { now: startedAt, orphanGraceMs: 0, tmpOlderThanMs: Infinity }, true);
     const every = this.opts.intervalMs ?? 30 * 60_000;
     if (every > 0) {
       this.#timer = setInterval(() => void this.gc().catch(() => {}), every);
@@ -427,7 +449,12 @@ export class StoreMaintenance {
     const run = this.#chain.then(async () => {
       if (this.#abort.signal.aborted) return null;
       try {
-        const report = await reconcile(this.index, this.cafs, { ...opts, signal: this.#abort.signal });
+        const report = await reconcile(this.index, this.cafs, {
+          onRowDropped: this.opts.onRowDropped,
+          onReindexed: this.opts.onReindexed,
+          ...opts,
+          signal: this.#abort.signal,
+        });
         const fields = { ...report, actions: report.actions.slice(0, 20), summary: summarize(report, msg) };
         if (report.errors.length) this.opts.log.warn(msg, fields);
         else if (always || !report.consistent) this.opts.log.info(msg, fields);
