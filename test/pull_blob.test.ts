@@ -164,7 +164,11 @@ describe("blobs", () => {
     await Promise.all((await cache.service.flights.active()).map((f) => f.done));
     const before = (await filesUnder(join(cache.storage, "blobs"))).length;
     try {
-      const outs = await Promise.all([1, 2, 3].map(() => outcome(fetch(`${cache.url}/v2/fake/lib/base/blobs/${d}`))));
+      const outs = await Promise.all([
+        ...[1, 2, 3].map(() => outcome(fetch(`${cache.url}/v2/fake/lib/base/blobs/${d}`))),
+        // A range whose bytes arrive long before the end must not end cleanly either.
+        outcome(fetch(`${cache.url}/v2/fake/lib/base/blobs/${d}`, { headers: { range: "bytes=0-99" } })),
+      ]);
       for (const o of outs) assert.equal(o, "error", "a wrong body must never end cleanly");
       await new Promise((r) => setTimeout(r, 50));
       assert.equal(await cache.service.index.getBlob(d), null);

@@ -249,12 +249,19 @@ export class Flight {
   async #open(): Promise<FileReader> {
     // The temp file may be renamed (or dropped as a duplicate) between reading the path and
     // opening it; the content under the new path is the same, so try again there.
+    // Between the rename and the flight pointing at the new path (the directory fsync runs in
+    // between), the old path is gone: wait for the flight to move on, then open the new one.
     for (let attempt = 0; ; attempt++) {
       const path = this.#path;
+      const tick = this.#tick.promise;
       try {
         return await this.init.files.openReader(path);
       } catch (e) {
-        if (attempt >= 3 || this.#path === path) throw e;
+        if (attempt >= 3) throw e;
+        if (this.#path === path) {
+          if (this.#state !== "running") throw e;
+          await tick;
+        }
       }
     }
   }
@@ -265,8 +272,11 @@ export class Flight {
    */
   stream(start = 0, end?: number): ReadableStream<Uint8Array> {
     const me = { pos: start };
+    const limit = end === undefined ? Infinity : end + 1;
     let file: FileReader | undefined;
     let closed = false;
+    /** A range's last byte, kept back until the whole blob's digest has checked out. */
+    let held: Uint8Array | undefined;
     const close = async () => {
       if (closed) return;
       closed = true;
@@ -280,7 +290,16 @@ export class Flight {
         try {
           while (true) {
             if (this.#state === "failed") throw this.#error ?? new Error("download failed");
-            const limit = end === undefined ? Infinity : end + 1;
+            if (held) {
+              if (this.#state === "done") {
+                ctrl.enqueue(held);
+                await close();
+                ctrl.close();
+                return;
+              }
+              await this.#tick.promise;
+              continue;
+            }
             const avail = Math.min(this.#available, limit);
             if (me.pos < avail) {
               let out: Uint8Array;
@@ -294,10 +313,19 @@ export class Flight {
                 out = this.#fromMemory(me.pos, avail - me.pos);
               }
               me.pos += out.length;
+              if (me.pos >= limit && this.#state !== "done") {
+                // This completes the client's response (Content-Length): a range of a running
+                // download keeps its last byte back until the digest checks out, and stops
+                // pinning the memory window meanwhile.
+                held = out.slice(out.length - 1);
+                out = out.subarray(0, out.length - 1);
+                me.pos = Infinity;
+                if (!out.length) continue;
+              }
               ctrl.enqueue(out);
               return;
             }
-            if (me.pos >= limit || (this.#state === "done" && me.pos >= this.received)) {
+            if (this.#state === "done" && (me.pos >= limit || me.pos >= this.received)) {
               await close();
               ctrl.close();
               return;
