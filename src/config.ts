@@ -23,6 +23,8 @@ export interface RegistryConfig {
   offline: boolean;
   /** How old (ms since the upstream last confirmed it) a tag may be and still be served when the upstream fails; Infinity = no limit. */
   maxStaleMs: number;
+  /** Token realm hosts allowed even when not https or on a link-local/metadata address (config file `allowRealm`). */
+  allowRealm?: string[];
 }
 
 /** Log levels, quietest last. */
@@ -55,9 +57,17 @@ export interface Config {
   download: {
     /** A download whose last client went away still completes into the cache up to this size (bytes); a larger one is cancelled. */
     maxDetachedBytes: number;
+    /** Upstream blob downloads running at once; more wait in a bounded queue, then get 503 + Retry-After. */
+    maxConcurrent: number;
   };
   /** Bytes of blob content the store may hold (S3-FIFO eviction), or null for no bound. */
   maxSizeBytes: number | null;
+  /**
+   * Serve content cached through one repository to any repository that asks for its digest,
+   * without asking the upstream whether that repository has it (off by default: only safe for
+   * caches of public content).
+   */
+  trustSharedContent: boolean;
 }
 
 /** A configuration problem: names the field, for a one-line message and exit code 2. */
@@ -102,6 +112,8 @@ export const CONFIG_FLAGS: Record<string, string> = {
   "--offline": "prefix of a registry served from the cache only, never contacted (repeatable; env OCICACHE_OFFLINE=a,b)",
   "--max-stale": "oldest tag (since the upstream last confirmed it) served when the upstream fails, e.g. 7d (default: no limit)",
   "--max-detached": "a download whose clients all left still completes up to this size, e.g. 2GiB (default 2GiB)",
+  "--max-downloads": "upstream blob downloads at once; as many more wait, the rest get 503 + Retry-After (default 64; env OCICACHE_MAX_DOWNLOADS)",
+  "--trust-shared-content": "true: serve cached content to any repository asking for its digest without an upstream check (public-only caches; default false; env OCICACHE_TRUST_SHARED_CONTENT)",
   "--max-size": "bound on the bytes of blob content in the store, e.g. 50GiB; S3-FIFO eviction (default: unbounded; env OCICACHE_MAX_SIZE)",
 };
 
@@ -112,6 +124,15 @@ export function parseDuration(field: string, v: unknown): number {
   if (!m) throw new ConfigError(field, `expected a duration like 30s, 5m or 1h, got ${JSON.stringify(v)}`);
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "s"]!;
   return Math.round(Number(m[1]) * unit);
+}
+
+/** Parse true/false/1/0. */
+export function parseBool(field: string, v: unknown): boolean {
+  if (typeof v === "boolean") return v;
+  const s = String(v).toLowerCase();
+  if (s === "true" || s === "1") return true;
+  if (s === "false" || s === "0") return false;
+  throw new ConfigError(field, `expected true or false, got ${JSON.stringify(v)}`);
 }
 
 /** Parse `50GiB`, `512MiB`, `10GB`, `1048576` (bytes) into bytes. */
@@ -182,7 +203,9 @@ interface FileConfig {
   upstreamRetries?: number;
   maxStale?: string | number;
   maxDetached?: string | number;
+  maxDownloads?: number;
   maxSize?: string | number | null;
+  trustSharedContent?: boolean;
   embeddedRegistries?: boolean;
   registries?: Record<string, {
     url?: string;
@@ -194,6 +217,7 @@ interface FileConfig {
     tagTtl?: string | number;
     offline?: boolean;
     maxStale?: string | number;
+    allowRealm?: string[];
   }>;
 }
 
@@ -316,6 +340,8 @@ export async function loadConfig(src: ConfigSources): Promise<Config> {
   const maxStaleRaw = pick("--max-stale", "OCICACHE_MAX_STALE", file.maxStale);
   const maxStaleMs = maxStaleRaw === undefined ? Infinity : parseDuration("maxStale", maxStaleRaw);
   const maxDetachedBytes = parseSize("maxDetached", pick("--max-detached", "OCICACHE_MAX_DETACHED", file.maxDetached) ?? "2GiB");
+  const maxDownloads = Number(pick("--max-downloads", "OCICACHE_MAX_DOWNLOADS", file.maxDownloads) ?? 64);
+  if (!Number.isInteger(maxDownloads) || maxDownloads < 1 || maxDownloads > 100_000) throw new ConfigError("maxDownloads", "expected a whole number from 1 to 100000");
   const maxSizeRaw = pick("--max-size", "OCICACHE_MAX_SIZE", file.maxSize);
   const maxSizeBytes = maxSizeRaw === undefined || maxSizeRaw === null || maxSizeRaw === "unbounded" ? null : parseSize("maxSize", maxSizeRaw);
   if (maxSizeBytes !== null && maxSizeBytes < 1024 * 1024) throw new ConfigError("maxSize", "must be at least 1MiB (or 'unbounded')");
@@ -346,6 +372,9 @@ export async function loadConfig(src: ConfigSources): Promise<Config> {
     if (r.hosts !== undefined && (!Array.isArray(r.hosts) || r.hosts.some((h) => typeof h !== "string"))) {
       throw new ConfigError(`${field}.hosts`, "must be a list of host names");
     }
+    if (r.allowRealm !== undefined && (!Array.isArray(r.allowRealm) || r.allowRealm.some((h) => typeof h !== "string" || !h || /[/@\s]/.test(h)))) {
+      throw new ConfigError(`${field}.allowRealm`, "must be a list of host names (host or host:port) token realms may use");
+    }
     registries.set(prefix, {
       prefix,
       url,
@@ -356,6 +385,7 @@ export async function loadConfig(src: ConfigSources): Promise<Config> {
       tagTtlMs: r.tagTtl !== undefined ? parseDuration(`${field}.tagTtl`, r.tagTtl) : tagTtlMs,
       offline: r.offline ?? base?.offline ?? false,
       maxStaleMs: r.maxStale !== undefined ? parseDuration(`${field}.maxStale`, r.maxStale) : (base?.maxStaleMs ?? maxStaleMs),
+      ...(r.allowRealm ?? base?.allowRealm ? { allowRealm: (r.allowRealm ?? base?.allowRealm ?? []).map((h) => h.toLowerCase()) } : {}),
     });
   }
   const cliRegistries = [...(env("OCICACHE_REGISTRIES") ? [env("OCICACHE_REGISTRIES")!] : []), ...(flags.get("--registry") ?? [])];
@@ -373,6 +403,7 @@ export async function loadConfig(src: ConfigSources): Promise<Config> {
       tagTtlMs: base?.tagTtlMs ?? tagTtlMs,
       offline: base?.offline ?? false,
       maxStaleMs: base?.maxStaleMs ?? maxStaleMs,
+      ...(base?.allowRealm ? { allowRealm: base.allowRealm } : {}),
     });
   }
   checkPrefixes([...registries.keys()]);
@@ -405,8 +436,9 @@ export async function loadConfig(src: ConfigSources): Promise<Config> {
     logLevel,
     ui,
     upstream: { headersTimeoutMs, idleTimeoutMs, retry: { attempts, baseDelayMs: 200, budgetMs: 10_000 } },
-    download: { maxDetachedBytes },
+    download: { maxDetachedBytes, maxConcurrent: maxDownloads },
     maxSizeBytes,
+    trustSharedContent: parseBool("trustSharedContent", pick("--trust-shared-content", "OCICACHE_TRUST_SHARED_CONTENT", file.trustSharedContent) ?? false),
   };
 }
 

@@ -90,6 +90,7 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
       status?.storeError(e.message);
     },
     maxDetachedBytes: config.download.maxDetachedBytes,
+    trustSharedContent: config.trustSharedContent,
     eviction,
   });
   if (eviction) {

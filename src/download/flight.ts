@@ -23,6 +23,8 @@ export type FlightOutcome = { ok: true; stored: StoredObject } | { ok: false; er
 /** What a {@link Flight} needs. */
 export interface FlightInit {
   digest: Digest;
+  /** The repository the download was started for (`registry/name`). */
+  scope?: string;
   /** The upstream body (200). */
   body: ReadableStream<Uint8Array>;
   /** The size the upstream announced, if any. */
@@ -47,6 +49,8 @@ export interface FlightInit {
 export class Flight {
   readonly digest: Digest;
   readonly size: number | undefined;
+  /** The repository the download was started for (`registry/name`). */
+  readonly scope: string | undefined;
   /** Bytes received from upstream. */
   received = 0;
   /** Bytes clients may read now (all but the newest chunk while running). */
@@ -73,6 +77,7 @@ export class Flight {
   constructor(private readonly init: FlightInit) {
     this.digest = init.digest;
     this.size = init.size;
+    this.scope = init.scope;
     this.done = this.#run();
   }
 

@@ -219,6 +219,19 @@ export class Index {
     return Object.fromEntries(rs.rows.map((r) => [String(r.queue), { count: Number(r.n), bytes: Number(r.b) }]));
   }
 
+  /** Whether this repository is known (pulled through, or confirmed upstream) to have this digest. */
+  async hasRepoObject(registry: string, repository: string, digest: string): Promise<boolean> {
+    return Boolean(await this.#one(
+      "SELECT 1 AS x FROM repo_objects WHERE registry = ? AND repository = ? AND digest = ?",
+      [registry, repository, digest],
+    ));
+  }
+
+  /** Remember that the upstream confirmed this repository has this digest. */
+  async linkRepoObject(via: RepoRef, digest: string, kind: "blob" | "manifest", now = Date.now()): Promise<void> {
+    await this.db.execute(repoObject(via, digest, kind, now));
+  }
+
   /** Close the connection. */
   close(): void {
     this.db.close();

@@ -12,7 +12,7 @@ import type { Files } from "../runtime/types.ts";
 import type { Cafs } from "../store/cafs.ts";
 import { Flight, type FlightStart, Flights } from "../download/flight.ts";
 import { type Digest, digestOf, parseDigest } from "./digest.ts";
-import { accepts, manifestMediaType, upstreamAccept } from "./media_types.ts";
+import { accepts, DEFAULT_ACCEPT, manifestMediaType, upstreamAccept } from "./media_types.ts";
 import type { Route, Target } from "./router.ts";
 import type { Upstream, UpstreamResult } from "./upstream.ts";
 
@@ -43,6 +43,8 @@ export interface PullDeps {
   onStoreFailure?: (error: Error) => void;
   /** Once every client has left, a download larger than this is cancelled. */
   maxDetachedBytes?: number;
+  /** Serve cached content to any repository without confirming upstream that it has the digest. */
+  trustSharedContent?: boolean;
   /** The store's size bound, when there is one. */
   eviction?: {
     /** Whether a blob of this size can be kept at all. */
@@ -133,6 +135,8 @@ export class PullHandler {
     const head = req.method === "HEAD";
     const cached = await this.#heldManifest(digest.value);
     if (cached) {
+      const refused = await this.#confirmScope(t, digest.value, "manifest");
+      if (refused) return refused;
       ctx.cache = "hit";
       return this.#serveManifest(cached, head);
     }
@@ -154,6 +158,8 @@ export class PullHandler {
     // is down later). When the manifest is already held, answer from it.
     if (digest && parseDigest(digest) && !reference.includes(":")) {
       await this.deps.index.setTagDigest(t.registry.prefix, t.name, reference, digest, this.#now());
+      // The upstream just confirmed, in this repository's scope, that the tag names this digest.
+      await this.deps.index.linkRepoObject({ registry: t.registry.prefix, repository: t.name }, digest, "manifest", this.#now());
       const held = await this.#heldManifest(digest);
       if (held && accepts(accept, held.mediaType)) {
         ctx.cache = "revalidated";
@@ -197,6 +203,33 @@ export class PullHandler {
     return manifestResponse(row, bytes, false);
   }
 
+  /**
+   * Content is shared by digest across repositories and registries, but a repository's
+   * permissions are not: content cached through repository A is served to repository B only once
+   * the upstream has confirmed (a HEAD in B's scope, with B's credentials) that B has the digest.
+   * The answer is remembered per (registry, repository, digest). Returns the refusal, or null.
+   */
+  async #confirmScope(t: Target, digest: string, kind: "blob" | "manifest"): Promise<Response | null> {
+    if (this.deps.trustSharedContent) return null;
+    const via = { registry: t.registry.prefix, repository: t.name };
+    if (await this.deps.index.hasRepoObject(via.registry, via.repository, digest)) return null;
+    const up = this.#up(t);
+    const r = kind === "blob" ? await up.blob("HEAD", t.name, digest) : await up.manifest("HEAD", t.name, digest, DEFAULT_ACCEPT);
+    if (r.ok && r.response.status === 200) {
+      await r.response.body?.cancel();
+      await this.deps.index.linkRepoObject(via, digest, kind, this.#now());
+      return null;
+    }
+    this.deps.log.info("cached content not served to a repository the upstream did not confirm", {
+      registry: via.registry, repository: via.repository, digest, reason: failureReason(r),
+    });
+    if (!r.ok || isUpstreamFailure(r)) {
+      if (r.ok) await r.response.body?.cancel();
+      return ociError(503, "UNAVAILABLE", `cannot confirm with the upstream that ${t.name} has ${digest} (${failureReason(r)}); retry later`);
+    }
+    return upstreamError(r, kind === "blob" ? "BLOB_UNKNOWN" : "MANIFEST_UNKNOWN", t);
+  }
+
   /** The indexed manifest with this digest whose file is in place (else it counts as not held). */
   async #heldManifest(digest: string): Promise<ManifestRow | null> {
     const row = await this.deps.index.getManifest(digest);
@@ -219,6 +252,8 @@ export class PullHandler {
     const head = req.method === "HEAD";
     const row = await this.deps.index.getBlob(digest.value);
     if (row && (await this.deps.cafs.size(row.key)) === row.size) {
+      const refused = await this.#confirmScope(t, digest.value, "blob");
+      if (refused) return refused;
       ctx.cache = "hit";
       if (!head) this.deps.eviction?.hit(digest.value, row.size);
       const range = parseRange(head ? null : req.headers.get("range"), row.size);
@@ -243,6 +278,12 @@ export class PullHandler {
     ctx.cache = joined.coalesced ? "coalesced" : "miss";
     const start = await joined.start;
     if (!start.ok) return start.response();
+    if (joined.coalesced && start.flight.scope !== scopeOf(t)) {
+      // Joining a download started for another repository: that repository's right to the
+      // bytes says nothing about this one's.
+      const refused = await this.#confirmScope(t, digest.value, "blob");
+      if (refused) return refused;
+    }
     return flightResponse(start.flight, req.headers.get("range"));
   }
 
@@ -264,6 +305,7 @@ export class PullHandler {
     const via = { registry: t.registry.prefix, repository: t.name };
     const up = this.#up(t);
     const flight = new Flight({
+      scope: scopeOf(t),
       digest,
       body: r.response.body,
       size,
@@ -434,6 +476,11 @@ function skip(body: ReadableStream<Uint8Array>, n: number): ReadableStream<Uint8
       left = 0;
     },
   }));
+}
+
+/** The repository a request is for, as flights record it. */
+function scopeOf(t: Target): string {
+  return `${t.registry.prefix}/${t.name}`;
 }
 
 /** True for what stale-if-error covers: no answer, 5xx, 429. */

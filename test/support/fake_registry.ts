@@ -71,6 +71,8 @@ export interface FakeRegistry {
   fault(ref: string, f: Fault | undefined): void;
   /** Apply a fault to every /v2/ request (e.g. 503 while "down"). */
   faultAll(f: Fault | undefined): void;
+  /** Only these repositories have this digest (others get 404 for it); undefined: every repository. */
+  restrict(digest: string, repos: string[] | undefined): void;
   /** Override the Docker-Content-Digest a tag's manifest GET announces. */
   announceDigest(repo: string, tag: string, digest: string | undefined): void;
   stop(): Promise<void>;
@@ -117,6 +119,7 @@ export async function startFakeRegistry(opts: FakeOptions = {}): Promise<FakeReg
   const extraTags = new Map<string, string[]>();
   const faults = new Map<string, Fault>();
   const announced = new Map<string, string>();
+  const restricted = new Map<string, Set<string>>();
   let allFault: Fault | undefined;
   const validTokens = new Set<string>();
   const requests: SeenRequest[] = [];
@@ -199,6 +202,9 @@ export async function startFakeRegistry(opts: FakeOptions = {}): Promise<FakeReg
       const auth = req.headers.get("authorization");
       const tok = auth?.startsWith("Bearer ") ? auth.slice(7) : "";
       if (!validTokens.has(tok) || !tok.endsWith(`repository:${repo}:pull`)) return challenge(`repository:${repo}:pull`);
+    }
+    if (ref && restricted.has(ref) && !restricted.get(ref)!.has(repo)) {
+      return notFound(seen.kind === "blob" ? "BLOB_UNKNOWN" : "MANIFEST_UNKNOWN");
     }
     const fault = allFault ?? (ref ? faults.get(ref) : undefined);
     if (fault?.times !== undefined) {
@@ -299,6 +305,10 @@ export async function startFakeRegistry(opts: FakeOptions = {}): Promise<FakeReg
     },
     faultAll(f) {
       allFault = f;
+    },
+    restrict(digest, repos) {
+      if (repos) restricted.set(digest, new Set(repos));
+      else restricted.delete(digest);
     },
     announceDigest(repo, tag, digest) {
       if (digest) announced.set(`${repo}:${tag}`, digest);
