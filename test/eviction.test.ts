@@ -4,14 +4,9 @@ import assert from "node:assert/strict";
 import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { randomBytes, sha256, startFakeRegistry } from "./support/fake_registry.ts";
-import { bytesOf, startCache, type TestCache } from "./support/cache.ts";
+import { bytesOf, readRest, settle, startCache } from "./support/cache.ts";
 
 const MiB = 1024 * 1024;
-
-async function settle(cache: TestCache) {
-  await Promise.all((await cache.service.flights.active()).map((f) => f.done));
-  await cache.service.eviction?.flush();
-}
 
 async function storeBytes(dir: string): Promise<number> {
   let n = 0;
@@ -76,17 +71,7 @@ describe("--max-size", () => {
       await bytesOf(await fetch(`${cache.url}/v2/fake/ev/app/blobs/${bd}`));
       await settle(cache);
       assert.equal(await cache.service.index.getBlob(ad), null, "A was evicted");
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        chunks.push(value);
-      }
-      const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-      let off = 0;
-      for (const c of chunks) {
-        all.set(c, off);
-        off += c.length;
-      }
+      const all = await readRest(reader, chunks);
       assert.equal(sha256(all), ad, "the transfer in progress finished with the right bytes");
       up.reset();
       assert.equal(sha256(await bytesOf(await fetch(`${cache.url}/v2/fake/ev/app/blobs/${ad}`))), ad);

@@ -7,13 +7,9 @@ import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { imageManifest, randomBytes, sha256, startFakeRegistry } from "./support/fake_registry.ts";
-import { bytesOf, startCache } from "./support/cache.ts";
+import { bytesOf, readRest, settle, startCache } from "./support/cache.ts";
 
 const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
-
-async function settle(cache: { service: { flights: { active(): Promise<{ done: Promise<unknown> }[]> } } }) {
-  await Promise.all((await cache.service.flights.active()).map((f) => f.done));
-}
 
 describe("retries", () => {
   test("503 twice, then success: the client never sees the 503s", async () => {
@@ -245,19 +241,7 @@ describe("clients that leave or dawdle", () => {
         new Promise<never>((_, reject) => setTimeout(() => reject(new Error("the fast client was held back by the slow one")), 20_000)),
       ]);
       assert.equal(sha256(fastBytes), d);
-      const rest: Uint8Array[] = [first.value!];
-      for (;;) {
-        const { done, value } = await slowReader.read();
-        if (done) break;
-        rest.push(value);
-      }
-      const all = new Uint8Array(rest.reduce((n, c) => n + c.length, 0));
-      let off = 0;
-      for (const c of rest) {
-        all.set(c, off);
-        off += c.length;
-      }
-      assert.equal(sha256(all), d);
+      assert.equal(sha256(await readRest(slowReader, [first.value!])), d);
       assert.equal(up.count("blob", "GET"), 1);
     } finally {
       await cache.destroy();

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import process from "node:process";
 import { imageManifest, randomBytes, sha256, startFakeRegistry, type FakeRegistry } from "./support/fake_registry.ts";
 import { ocicacheCommand, startOcicache } from "./support/ocicache_process.ts";
+import { readRest } from "./support/cache.ts";
 
 /** Run ocicache to completion. */
 function runCli(args: string[], opts: { env?: Record<string, string>; cwd?: string; cmd?: string } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -122,21 +123,9 @@ describe("serving", () => {
       const res = await fetch(`${oc.url}/v2/fake/proc/app/blobs/${layerDigest}`);
       assert.equal(res.status, 200);
       const reader = res.body!.getReader();
-      const chunks: Uint8Array[] = [];
       const first = await reader.read();
-      chunks.push(first.value!);
       const exit = oc.stop("SIGTERM");
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        chunks.push(value);
-      }
-      const body = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-      let off = 0;
-      for (const c of chunks) {
-        body.set(c, off);
-        off += c.length;
-      }
+      const body = await readRest(reader, [first.value!]);
       assert.equal(sha256(body), layerDigest, "the transfer in flight at SIGTERM completed with every byte");
       assert.equal(await exit, 0);
       const lines = oc.logLines();

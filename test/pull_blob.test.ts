@@ -4,11 +4,7 @@ import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { randomBytes, sha256, startFakeRegistry, type FakeRegistry } from "./support/fake_registry.ts";
-import { bytesOf, startCache, type TestCache } from "./support/cache.ts";
-
-async function settle(cache: TestCache) {
-  await Promise.all((await cache.service.flights.active()).map((f) => f.done));
-}
+import { bytesOf, settle, startCache, type TestCache } from "./support/cache.ts";
 
 async function filesUnder(dir: string): Promise<string[]> {
   const out: string[] = [];

@@ -76,6 +76,29 @@ export async function startCache(
   };
 }
 
+/** Read the rest of a body whose `first` chunks were already read; rejects if the transfer broke. */
+export async function readRest(reader: ReadableStreamDefaultReader<Uint8Array>, first: Uint8Array[] = []): Promise<Uint8Array> {
+  const chunks = [...first];
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+  }
+  const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let off = 0;
+  for (const c of chunks) {
+    all.set(c, off);
+    off += c.length;
+  }
+  return all;
+}
+
+/** Wait until every download in flight (and eviction work) has finished. */
+export async function settle(cache: TestCache): Promise<void> {
+  await Promise.all((await cache.service.flights.active()).map((f) => f.done));
+  await cache.service.eviction?.flush();
+}
+
 /** Read a response body fully; resolves to the bytes or rejects if the transfer broke. */
 export async function bytesOf(res: Response): Promise<Uint8Array> {
   return new Uint8Array(await res.arrayBuffer());
