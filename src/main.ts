@@ -70,14 +70,22 @@ const COMMANDS: Record<string, Command> = {
       const config = await loadConfig(configSources(rt, flags));
       const log = createLogger(config.logLevel);
       const service = await openService(config, rt, log);
-      const server = await rt.serve({ hostname: config.listen.hostname, port: config.listen.port, handler: service.handler });
+      const server = await rt.serve({
+        hostname: config.listen.hostname,
+        port: config.listen.port,
+        handler: service.handler,
+        tls: config.tls ?? undefined,
+      });
       log.info("listening", {
-        url: `http://${server.hostname.includes(":") ? `[${server.hostname}]` : server.hostname}:${server.port}/v2/`,
+        url: `${config.tls ? "https" : "http"}://${server.hostname.includes(":") ? `[${server.hostname}]` : server.hostname}:${server.port}/v2/`,
         storage: config.storage,
         runtime: rt.name,
         version: VERSION,
         registries: config.registries.map((r) => r.prefix),
         defaultRegistry: config.defaultRegistry,
+        clientAuth: config.clientAuth
+          ? { users: config.clientAuth.passwords.size, tokens: config.clientAuth.tokens.length, restricted: config.clientAuth.registries.size }
+          : "off: anyone who can reach this port can pull anything the upstream credentials reach (see --htpasswd, --tokens)",
       });
       const stopped = Promise.withResolvers<string>();
       rt.onSignal("SIGTERM", () => stopped.resolve("SIGTERM"));

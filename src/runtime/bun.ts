@@ -26,6 +26,7 @@ export const bunRuntime: Runtime = {
     const server = Bun.serve({
       hostname: opts.hostname,
       port: opts.port,
+      ...(opts.tls ? { tls: { cert: opts.tls.cert, key: opts.tls.key } } : {}),
       // Large layers stream for a long time and a cold download may pause while the upstream
       // answers: the longest idle timeout Bun allows (seconds).
       idleTimeout: 255,

@@ -77,6 +77,7 @@ export const denoRuntime: Runtime = {
       const server = Deno.serve({
         hostname: opts.hostname,
         port: opts.port,
+        ...(opts.tls ? { cert: opts.tls.cert, key: opts.tls.key } : {}),
         onListen: () => {},
         handler: (req, info) => {
           const addr = info.remoteAddr as Deno.NetAddr;

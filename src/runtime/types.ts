@@ -19,6 +19,8 @@ export interface ServeOptions {
   /** 0 picks a free port; read it back from {@link Server.port}. */
   port: number;
   handler: Handler;
+  /** Serve HTTPS with this PEM certificate (chain) and private key. */
+  tls?: { cert: string; key: string };
 }
 
 /** A listening HTTP server. */
