@@ -86,8 +86,85 @@ export function basicAuth(c: Credentials): string {
   return `Basic ${btoa(bin)}`;
 }
 
-/** Why a token could not be had. */
-export type TokenFailure = { ok: false; status?: number; message: string };
+/**
+ * Why a token could not be had. `refused`: the realm was refused by policy
+ * ({@link checkRealm}) — no request was sent, and the caller should fail with an upstream error.
+ */
+export type TokenFailure = { ok: false; status?: number; message: string; refused?: boolean };
+
+/** Where token realms may point, for one upstream registry. */
+export interface RealmPolicy {
+  /** The registry's base URL: a plain `http://` registry may name a plain `http://` realm. */
+  registryUrl?: string;
+  /** Realm hosts (`host` or `host:port`) allowed whatever the other rules say (userinfo aside). */
+  allowRealm?: readonly string[];
+}
+
+/** Host names of cloud metadata services (in addition to the link-local address ranges). */
+const METADATA_HOSTS = new Set(["metadata.google.internal"]);
+
+/** An IPv4 dotted quad as four numbers, or null. */
+function ipv4(host: string): number[] | null {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(host);
+  return m ? m.slice(1).map(Number) : null;
+}
+
+/** An IPv6 address (without brackets) as eight 16-bit numbers, or null. */
+function ipv6(host: string): number[] | null {
+  if (!host.includes(":")) return null;
+  let h = host.toLowerCase();
+  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(h);
+  if (v4) {
+    const q = ipv4(v4[1]);
+    if (!q) return null;
+    h = h.slice(0, -v4[1].length) + ((q[0] << 8) | q[1]).toString(16) + ":" + ((q[2] << 8) | q[3]).toString(16);
+  }
+  const [a, b, ...more] = h.split("::");
+  if (more.length) return null;
+  const head = a ? a.split(":") : [];
+  const tail = b !== undefined && b ? b.split(":") : [];
+  const fill = b !== undefined ? 8 - head.length - tail.length : 0;
+  if (fill < 0 || (b === undefined && head.length !== 8)) return null;
+  const parts = [...head, ...Array(fill).fill("0"), ...tail];
+  if (parts.length !== 8 || parts.some((p) => !/^[0-9a-f]{1,4}$/.test(p))) return null;
+  return parts.map((p) => parseInt(p, 16));
+}
+
+/** Whether a URL host names a link-local address or a cloud metadata service. */
+export function isMetadataHost(hostname: string): boolean {
+  const host = hostname.toLowerCase().replace(/^\[|\]$/g, "").replace(/\.$/, "");
+  if (METADATA_HOSTS.has(host)) return true;
+  const v4 = ipv4(host);
+  if (v4) return v4[0] === 169 && v4[1] === 254;
+  const v6 = ipv6(host);
+  if (!v6) return false;
+  if ((v6[0] & 0xffc0) === 0xfe80) return true; // fe80::/10
+  if (v6.join(":") === "64768:3778:0:0:0:0:0:596") return true; // fd00:ec2::254 (AWS IMDS over IPv6)
+  // IPv4-mapped / -compatible forms of 169.254.0.0/16
+  const mapped = v6.slice(0, 5).every((x) => x === 0) && (v6[5] === 0xffff || v6[5] === 0);
+  return mapped && v6[6] >> 8 === 169 && (v6[6] & 0xff) === 254;
+}
+
+/**
+ * Check a token realm before anything is sent to it (the challenge comes from the upstream, and
+ * the request carries the registry's credentials): no userinfo; `https:` unless the registry
+ * itself is plain `http:`; never a link-local or cloud metadata address. A host listed in
+ * `allowRealm` passes the last two checks. Returns why it is refused, or null.
+ */
+export function checkRealm(realm: URL, policy: RealmPolicy = {}): string | null {
+  const shown = JSON.stringify(realm.origin + realm.pathname);
+  if (realm.username || realm.password) return `token realm ${shown} carries credentials in its URL; refused`;
+  const allowed = (policy.allowRealm ?? []).map((h) => h.toLowerCase());
+  if (allowed.includes(realm.host.toLowerCase()) || allowed.includes(realm.hostname.toLowerCase())) return null;
+  const registryHttp = policy.registryUrl !== undefined && policy.registryUrl.toLowerCase().startsWith("http:");
+  if (realm.protocol !== "https:" && !(realm.protocol === "http:" && registryHttp)) {
+    return `token realm ${shown} is not https (the registry is ${registryHttp ? "http" : "https"}); refused — list its host in the registry's allowRealm to allow it`;
+  }
+  if (isMetadataHost(realm.hostname)) {
+    return `token realm ${shown} points at a link-local or cloud metadata address; refused — list its host in the registry's allowRealm to allow it`;
+  }
+  return null;
+}
 
 /** A token, or why not. */
 export type TokenResult = { ok: true; authorization: string } | TokenFailure;
@@ -104,6 +181,8 @@ export interface AuthOptions {
   /** Bound on a token request (ms). */
   timeoutMs: number;
   now?: () => number;
+  /** Where token realms may point ({@link checkRealm}); default: https only, no metadata addresses. */
+  realm?: RealmPolicy;
 }
 
 /**
@@ -170,8 +249,10 @@ export class UpstreamAuth {
     try {
       url = new URL(ch.params.realm);
     } catch {
-      return { ok: false, message: `the upstream's token realm is not a URL: ${JSON.stringify(ch.params.realm)}` };
+      return { ok: false, refused: true, message: `the upstream's token realm is not a URL: ${JSON.stringify(ch.params.realm)}` };
     }
+    const refusal = checkRealm(url, this.opts.realm);
+    if (refusal) return { ok: false, refused: true, message: refusal };
     if (ch.params.service) url.searchParams.set("service", ch.params.service);
     url.searchParams.set("scope", scope);
     const headers: Record<string, string> = {};

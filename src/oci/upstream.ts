@@ -9,7 +9,7 @@ import { UpstreamAuth } from "./auth.ts";
 /** What an upstream request came to. A response of any status is `ok: true`; the caller reads it. */
 export type UpstreamResult =
   | { ok: true; response: Response }
-  | { ok: false; kind: "unreachable" | "timeout" | "offline"; message: string };
+  | { ok: false; kind: "unreachable" | "timeout" | "offline" | "refused"; message: string };
 
 /** One upstream exchange, reported to {@link UpstreamOptions.observe}. */
 export interface UpstreamEvent {
@@ -61,7 +61,12 @@ export class Upstream {
     const credentials = registry.username !== undefined && registry.password !== undefined
       ? { username: registry.username, password: registry.password }
       : undefined;
-    this.auth = new UpstreamAuth({ credentials, fetch: this.#fetch, timeoutMs: opts.headersTimeoutMs });
+    this.auth = new UpstreamAuth({
+      credentials,
+      fetch: this.#fetch,
+      timeoutMs: opts.headersTimeoutMs,
+      realm: { registryUrl: registry.url, allowRealm: registry.allowRealm },
+    });
   }
 
   /** GET or HEAD a manifest. */
@@ -116,6 +121,10 @@ export class Upstream {
         await r.response.body?.cancel();
         h.set("authorization", answer.authorization);
         r = await this.#send(method, url, h, kind);
+      } else if (answer.refused) {
+        // The challenge names a realm we will not send to (or anything be sent from): fail loudly.
+        await r.response.body?.cancel();
+        return { ok: false, kind: "refused", message: answer.message };
       }
     }
     return r;
@@ -171,7 +180,7 @@ export class Upstream {
 /** How long to wait before retrying `r`, or null when it is not worth retrying. */
 export function retryDelay(r: UpstreamResult, attempt: number, policy: RetryPolicy, random = Math.random): number | null {
   const backoff = () => Math.round(policy.baseDelayMs * 2 ** (attempt - 1) * (0.5 + random()));
-  if (!r.ok) return r.kind === "offline" ? null : backoff();
+  if (!r.ok) return r.kind === "offline" || r.kind === "refused" ? null : backoff();
   const status = r.response.status;
   const after = parseRetryAfter(r.response.headers.get("retry-after"));
   if (status === 429) return after;
