@@ -4,6 +4,8 @@
  * @module
  */
 import process from "node:process";
+import { createPrivateKey, X509Certificate } from "node:crypto";
+import { AuthFileError, type ClientAuthConfig, parseHtpasswd, parseTokens, parseUsers } from "./http/client_auth.ts";
 
 /** An upstream registry the cache fronts. */
 export interface RegistryConfig {
@@ -62,6 +64,10 @@ export interface Config {
   };
   /** Bytes of blob content the store may hold (S3-FIFO eviction), or null for no bound. */
   maxSizeBytes: number | null;
+  /** Client authentication (`--htpasswd`, `--tokens`, `--users`), or null: anyone who reaches the port may pull. */
+  clientAuth: ClientAuthConfig | null;
+  /** PEM certificate chain and key to serve HTTPS with (`--tls-cert`, `--tls-key`), or null for plain HTTP. */
+  tls: { cert: string; key: string } | null;
   /**
    * Serve content cached through one repository to any repository that asks for its digest,
    * without asking the upstream whether that repository has it (off by default: only safe for
@@ -115,6 +121,11 @@ export const CONFIG_FLAGS: Record<string, string> = {
   "--max-downloads": "upstream blob downloads at once; as many more wait, the rest get 503 + Retry-After (default 64; env OCICACHE_MAX_DOWNLOADS)",
   "--trust-shared-content": "true: serve cached content to any repository asking for its digest without an upstream check (public-only caches; default false; env OCICACHE_TRUST_SHARED_CONTENT)",
   "--max-size": "bound on the bytes of blob content in the store, e.g. 50GiB; S3-FIFO eviction (default: unbounded; env OCICACHE_MAX_SIZE)",
+  "--htpasswd": "require HTTP Basic logins: htpasswd file of bcrypt entries (htpasswd -B; env OCICACHE_HTPASSWD)",
+  "--tokens": "require logins: file of static bearer tokens, one 'TOKEN USER' a line (env OCICACHE_TOKENS)",
+  "--users": "JSON file of the registries each user may pull from, {\"alice\":{\"registries\":[\"docker.io\"]}} (env OCICACHE_USERS)",
+  "--tls-cert": "serve HTTPS: PEM certificate (chain) file; needs --tls-key (env OCICACHE_TLS_CERT)",
+  "--tls-key": "serve HTTPS: PEM private key file; needs --tls-cert (env OCICACHE_TLS_KEY)",
 };
 
 /** Parse `5m`, `30s`, `1h`, `250ms` or plain seconds into ms. */
@@ -205,6 +216,11 @@ interface FileConfig {
   maxDetached?: string | number;
   maxDownloads?: number;
   maxSize?: string | number | null;
+  htpasswd?: string;
+  tokens?: string;
+  users?: string;
+  tlsCert?: string;
+  tlsKey?: string;
   trustSharedContent?: boolean;
   embeddedRegistries?: boolean;
   registries?: Record<string, {
@@ -426,6 +442,9 @@ export async function loadConfig(src: ConfigSources): Promise<Config> {
     }
   }
 
+  const clientAuth = await loadClientAuth(src, pick, file, [...registries.values()]);
+  const tls = await loadTls(src, pick, file);
+
   return {
     listen,
     storage: absStorage,
@@ -438,8 +457,82 @@ export async function loadConfig(src: ConfigSources): Promise<Config> {
     upstream: { headersTimeoutMs, idleTimeoutMs, retry: { attempts, baseDelayMs: 200, budgetMs: 10_000 } },
     download: { maxDetachedBytes, maxConcurrent: maxDownloads },
     maxSizeBytes,
+    clientAuth,
+    tls,
     trustSharedContent: parseBool("trustSharedContent", pick("--trust-shared-content", "OCICACHE_TRUST_SHARED_CONTENT", file.trustSharedContent) ?? false),
   };
+}
+
+type Pick = (flag: string, envName: string, fileValue: unknown) => unknown;
+
+async function readNamed(src: ConfigSources, field: string, path: string): Promise<string> {
+  try {
+    return await src.readText(path);
+  } catch (e) {
+    throw new ConfigError(field, `cannot read ${path}: ${(e as Error).message}`);
+  }
+}
+
+/** `--htpasswd`, `--tokens`, `--users` → the parsed client-auth configuration, or null when neither login file is set. */
+async function loadClientAuth(src: ConfigSources, pick: Pick, file: FileConfig, registries: RegistryConfig[]): Promise<ClientAuthConfig | null> {
+  const paths = {
+    htpasswd: pick("--htpasswd", "OCICACHE_HTPASSWD", file.htpasswd) as string | undefined,
+    tokens: pick("--tokens", "OCICACHE_TOKENS", file.tokens) as string | undefined,
+    users: pick("--users", "OCICACHE_USERS", file.users) as string | undefined,
+  };
+  if (!paths.htpasswd && !paths.tokens) {
+    if (paths.users) throw new ConfigError("--users", "needs --htpasswd or --tokens (it restricts users those files define)");
+    return null;
+  }
+  const known = (r: string) => registries.some((g) => g.prefix === r || g.hosts.includes(r));
+  const parse = async <T>(field: string, path: string | undefined, fn: (text: string, name: string) => T, empty: T): Promise<T> => {
+    if (!path) return empty;
+    const text = await readNamed(src, field, path);
+    try {
+      return fn(text, path);
+    } catch (e) {
+      if (e instanceof AuthFileError) throw new ConfigError(field, e.message);
+      throw e;
+    }
+  };
+  const passwords = await parse("--htpasswd", paths.htpasswd, parseHtpasswd, new Map<string, string>());
+  const tokens = await parse("--tokens", paths.tokens, parseTokens, []);
+  if (!passwords.size && !tokens.length) {
+    throw new ConfigError(paths.htpasswd ? "--htpasswd" : "--tokens", "defines no user: nobody could pull (add an entry, or drop the flag to turn client authentication off)");
+  }
+  const registriesByUser = await parse("--users", paths.users, (t, n) => parseUsers(t, known, n), new Map<string, string[]>());
+  return { passwords, tokens, registries: registriesByUser };
+}
+
+/** `--tls-cert` / `--tls-key`: both or neither; checked to parse and to belong together. */
+async function loadTls(src: ConfigSources, pick: Pick, file: FileConfig): Promise<{ cert: string; key: string } | null> {
+  const certPath = pick("--tls-cert", "OCICACHE_TLS_CERT", file.tlsCert) as string | undefined;
+  const keyPath = pick("--tls-key", "OCICACHE_TLS_KEY", file.tlsKey) as string | undefined;
+  if (!certPath && !keyPath) return null;
+  if (!certPath) throw new ConfigError("--tls-cert", "is required with --tls-key (give both or neither)");
+  if (!keyPath) throw new ConfigError("--tls-key", "is required with --tls-cert (give both or neither)");
+  const cert = await readNamed(src, "--tls-cert", certPath);
+  const key = await readNamed(src, "--tls-key", keyPath);
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(cert);
+  } catch (e) {
+    throw new ConfigError("--tls-cert", `${certPath} is not a PEM certificate: ${(e as Error).message}`);
+  }
+  let pk: ReturnType<typeof createPrivateKey>;
+  try {
+    pk = createPrivateKey(key);
+  } catch (e) {
+    throw new ConfigError("--tls-key", `${keyPath} is not a PEM private key: ${(e as Error).message}`);
+  }
+  let matches = true;
+  try {
+    matches = x509.checkPrivateKey(pk);
+  } catch {
+    // A runtime without checkPrivateKey: the server's start will tell.
+  }
+  if (!matches) throw new ConfigError("--tls-key", `${keyPath} is not the private key of the certificate in ${certPath}`);
+  return { cert, key };
 }
 
 function cwd(): string {

@@ -5,7 +5,9 @@
  */
 import type { Config, RegistryConfig } from "./config.ts";
 import { Flights } from "./download/flight.ts";
+import { DownloadLimit, LimitedFlights } from "./download/limit.ts";
 import { createApp } from "./http/app.ts";
+import { ClientAuth } from "./http/client_auth.ts";
 import { openDb } from "./index/db.ts";
 import { Index } from "./index/oci_index.ts";
 import type { Logger } from "./log.ts";
@@ -73,7 +75,9 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
     }
     return u;
   };
-  const flights = new Flights();
+  // --max-downloads: new upstream downloads beyond the bound queue briefly, then get 503 + Retry-After.
+  const downloadLimit = new DownloadLimit({ max: config.download.maxConcurrent, maxWaitMs: config.upstream.headersTimeoutMs });
+  const flights: Flights = new LimitedFlights(downloadLimit);
   const eviction = config.maxSizeBytes !== null
     ? await BlobEviction.open({ capacity: config.maxSizeBytes, index, cafs, log })
     : undefined;
@@ -105,6 +109,8 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
     metrics.gauge("ocicache_eviction_reclaimed_bytes_total", "Bytes of files removed by eviction (since start).", () => fig().reclaimedBytes);
   }
   metrics.gauge("ocicache_downloads_in_flight", "Upstream blob downloads streaming now.", () => flights.streaming().length);
+  metrics.gauge("ocicache_downloads_queued", "Upstream blob downloads waiting for a --max-downloads slot.", () => downloadLimit.queued);
+  metrics.gauge("ocicache_downloads_refused_total", "Upstream blob downloads refused with 503 by --max-downloads (since start).", () => downloadLimit.refused);
   metrics.gauge("ocicache_download_waiters", "Clients reading downloads in flight.", () =>
     flights.streaming().reduce((n, f) => n + f.readers, 0));
   let statsCache: { at: number; value: Awaited<ReturnType<Index["stats"]>> } | undefined;
@@ -142,7 +148,8 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
       images: () => index.listImages(),
     })
     : undefined;
-  const handler = createApp({ router, pull, log, ready, metrics, status });
+  const auth = config.clientAuth ? new ClientAuth(config.clientAuth, { log }) : undefined;
+  const handler = createApp({ router, pull, log, ready, metrics, status, auth });
   // A live download's temp file is written to at least once per idle timeout; keep well clear.
   const { idleTimeoutMs, headersTimeoutMs } = config.upstream;
   const maintenance = new StoreMaintenance(index, cafs, {

@@ -71,7 +71,7 @@ describe("defaults", () => {
       idleTimeoutMs: 60_000,
       retry: { attempts: 3, baseDelayMs: 200, budgetMs: 10_000 },
     });
-    assert.deepEqual(c.download, { maxDetachedBytes: 2 * 2 ** 30 });
+    assert.deepEqual(c.download, { maxDetachedBytes: 2 * 2 ** 30, maxConcurrent: 64 });
     for (const r of c.registries) {
       assert.equal(r.offline, false);
       assert.equal(r.maxStaleMs, Infinity);

@@ -175,6 +175,12 @@ test(`soak: ${LOOPS} clients for ${SECONDS} s through one cache, with faults; no
   const okByDigest = new Map<string, number>();
   /** Digests some client received completely (200, verified): cached from then on. */
   const completed = new Set<string>();
+  /**
+   * Digests served whole per repository: content cached through another repository is
+   * confirmed upstream first (repository scoping), so it is only "known cached" for the same one.
+   */
+  const completedIn = new Set<string>();
+  const repoOf = (path: string) => path.replace(/\/(blobs|manifests)\/[^/]+$/, "");
   const outages: { start: number; end: number }[] = [];
   const pool: PoolEntry[] = [];
   let freshBlobs = 0;
@@ -202,7 +208,7 @@ test(`soak: ${LOOPS} clients for ${SECONDS} s through one cache, with faults; no
   }): Promise<{ ok: boolean; digest?: string; body?: Uint8Array }> {
     requests++;
     const t0 = Date.now();
-    const knownCached = o.digest !== undefined && completed.has(o.digest);
+    const knownCached = o.digest !== undefined && completedIn.has(`${repoOf(o.path)}|${o.digest}`);
     const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS);
     const headers: Record<string, string> = { accept: ACCEPT };
     if (o.range) headers.range = o.range.header;
@@ -326,7 +332,10 @@ test(`soak: ${LOOPS} clients for ${SECONDS} s through one cache, with faults; no
     if (o.method === "HEAD") heads++;
     ev(stale ? "ok-stale" : "ok", { status, cache: xcache });
     if (digest) okByDigest.set(digest, (okByDigest.get(digest) ?? 0) + 1);
-    if (o.method === "GET" && (!o.range || status === 200) && digest) completed.add(digest);
+    if (o.method === "GET" && (!o.range || status === 200) && digest) {
+      completed.add(digest);
+      completedIn.add(`${repoOf(o.path)}|${digest}`);
+    }
     return { ok: true, digest, body: o.keep ? body() : undefined };
   }
 

@@ -11,6 +11,7 @@ import type { Router } from "../oci/router.ts";
 import type { ConnInfo, Handler } from "../runtime/types.ts";
 import { isStatusPath, serveStatus } from "../ui/routes.ts";
 import type { StatusApi } from "../ui/stats.ts";
+import type { ClientAuth } from "./client_auth.ts";
 import { ociError } from "./errors.ts";
 
 /** What the app needs. */
@@ -23,10 +24,12 @@ export interface AppDeps {
   metrics: Metrics;
   /** The status page (`GET /`) and its JSON API; absent (404) with `--ui=false`. */
   status?: StatusApi;
+  /** Client authentication: when set, every endpoint but `/healthz` needs credentials. */
+  auth?: ClientAuth;
 }
 
 /** What the handler reports back, plus the repository for the status page's top lists. */
-type AppContext = RequestContext & { repository?: string };
+type AppContext = RequestContext & { repository?: string; user?: string };
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -41,7 +44,7 @@ export function createApp(deps: AppDeps): Handler {
     let res: Response;
     try {
       url = new URL(req.url);
-      res = await dispatch(deps, req, url, ctx);
+      res = await dispatch(deps, req, url, ctx, info.remoteAddr);
     } catch (e) {
       deps.log.error("unhandled error", { id, path: url?.pathname, error: (e as Error)?.stack ?? String(e) });
       res = ociError(500, "UNKNOWN", "internal error; see the ocicache log for request id " + id);
@@ -61,6 +64,7 @@ export function createApp(deps: AppDeps): Handler {
       ms: Math.round((performance.now() - started) * 10) / 10,
       cache: ctx.cache,
       registry: ctx.registry,
+      user: ctx.user,
       remote: info.remoteAddr,
     });
     deps.status?.request({ ...ctx, method: req.method, status: res.status, bytes });
@@ -68,8 +72,14 @@ export function createApp(deps: AppDeps): Handler {
   };
 }
 
-async function dispatch(deps: AppDeps, req: Request, url: URL, ctx: AppContext): Promise<Response> {
+async function dispatch(deps: AppDeps, req: Request, url: URL, ctx: AppContext, remote: string): Promise<Response> {
   const path = url.pathname;
+  // The gate: with client authentication on, only /healthz answers without credentials.
+  if (deps.auth && path !== "/healthz") {
+    const who = await deps.auth.authenticate(req, remote);
+    if (!who.ok) return who.response;
+    ctx.user = who.user;
+  }
   if (path === "/v2" || path.startsWith("/v2/")) {
     if (req.method !== "GET" && req.method !== "HEAD") {
       return ociError(405, "UNSUPPORTED", `${req.method} is not supported: ocicache is a read-only pull-through cache`, null, {
@@ -78,6 +88,9 @@ async function dispatch(deps: AppDeps, req: Request, url: URL, ctx: AppContext):
     }
     const routed = deps.router.route(url);
     if (!routed.ok) return routed.response;
+    if (deps.auth && ctx.user !== undefined && routed.route.kind !== "base" && !deps.auth.allows(ctx.user, routed.route.target.registry)) {
+      return deps.auth.denied(ctx.user, routed.route.target.registry.prefix, remote);
+    }
     if (routed.route.kind !== "base") ctx.repository = routed.route.target.name;
     return await deps.pull.handle(req, routed.route, ctx);
   }

@@ -135,7 +135,7 @@ export class PullHandler {
     const head = req.method === "HEAD";
     const cached = await this.#heldManifest(digest.value);
     if (cached) {
-      const refused = await this.#confirmScope(t, digest.value, "manifest");
+      const refused = await this.#confirmScope(t, digest.value, "manifest", ctx);
       if (refused) return refused;
       ctx.cache = "hit";
       return this.#serveManifest(cached, head);
@@ -209,7 +209,7 @@ export class PullHandler {
    * the upstream has confirmed (a HEAD in B's scope, with B's credentials) that B has the digest.
    * The answer is remembered per (registry, repository, digest). Returns the refusal, or null.
    */
-  async #confirmScope(t: Target, digest: string, kind: "blob" | "manifest"): Promise<Response | null> {
+  async #confirmScope(t: Target, digest: string, kind: "blob" | "manifest", ctx: RequestContext): Promise<Response | null> {
     if (this.deps.trustSharedContent) return null;
     const via = { registry: t.registry.prefix, repository: t.name };
     if (await this.deps.index.hasRepoObject(via.registry, via.repository, digest)) return null;
@@ -220,6 +220,7 @@ export class PullHandler {
       await this.deps.index.linkRepoObject(via, digest, kind, this.#now());
       return null;
     }
+    ctx.cache = "pass";
     this.deps.log.info("cached content not served to a repository the upstream did not confirm", {
       registry: via.registry, repository: via.repository, digest, reason: failureReason(r),
     });
@@ -252,7 +253,7 @@ export class PullHandler {
     const head = req.method === "HEAD";
     const row = await this.deps.index.getBlob(digest.value);
     if (row && (await this.deps.cafs.size(row.key)) === row.size) {
-      const refused = await this.#confirmScope(t, digest.value, "blob");
+      const refused = await this.#confirmScope(t, digest.value, "blob", ctx);
       if (refused) return refused;
       ctx.cache = "hit";
       if (!head) this.deps.eviction?.hit(digest.value, row.size);
@@ -281,7 +282,7 @@ export class PullHandler {
     if (joined.coalesced && start.flight.scope !== scopeOf(t)) {
       // Joining a download started for another repository: that repository's right to the
       // bytes says nothing about this one's.
-      const refused = await this.#confirmScope(t, digest.value, "blob");
+      const refused = await this.#confirmScope(t, digest.value, "blob", ctx);
       if (refused) return refused;
     }
     return flightResponse(start.flight, req.headers.get("range"));
@@ -522,6 +523,7 @@ function mapUpstream(
   const extra: Record<string, string> = retryAfter ? { "retry-after": retryAfter } : {};
   if (failure) {
     if (failure.kind === "offline") return ociError(503, "UNAVAILABLE", `${failure.message}; ${t.name} is not in the cache`);
+    if (failure.kind === "refused") return ociError(502, "UNAVAILABLE", `upstream ${host}: ${failure.message}`);
     return failure.kind === "timeout"
       ? ociError(504, "UNAVAILABLE", `upstream ${host} timed out: ${failure.message}`)
       : ociError(502, "UNAVAILABLE", `upstream ${host} is unreachable: ${failure.message}`);
