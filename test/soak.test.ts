@@ -500,6 +500,8 @@ test(`soak: ${LOOPS} clients for ${SECONDS} s through one cache, with faults; no
         if (await until(() => metrics.storeFailures.sum() > before, 5000)) {
           faults["wrong-bytes"].fired++;
           faults["wrong-bytes"].failedAt = Date.now();
+          // However busy the loops are, one more pull must find it downloaded afresh and whole.
+          await ask({ method: "GET", path: `/v2/fake/soak/base/blobs/${d}`, digest: d });
         }
         return;
       }
