@@ -61,6 +61,7 @@ th, td { text-align: left; padding: .3rem .5rem .3rem 0; border-bottom: 1px soli
 thead th { color: var(--muted); font-weight: 600; font-size: .8rem; white-space: nowrap; }
 td.num, th.num { text-align: right; padding-right: .75rem; }
 td.empty { color: var(--muted); font-style: italic; }
+td small { display: block; color: var(--muted); font-size: .75rem; }
 .mono { font-family: ui-monospace, "DejaVu Sans Mono", "Liberation Mono", monospace; font-size: .8rem; overflow-wrap: anywhere; }
 .msg { overflow-wrap: anywhere; min-width: 12rem; }
 .state::before { content: ""; display: inline-block; width: .6rem; height: .6rem; border-radius: 50%; margin-right: .35rem; background: var(--idle); }
@@ -131,7 +132,7 @@ const BODY = `
       <div class="store-bar" id="store-bar"></div>
       <dl class="cards">
         <div><dt>Used</dt><dd id="s-bytes">–</dd></div>
-        <div><dt>Bound</dt><dd id="s-bound">–</dd></div>
+        <div><dt>Bound on blobs</dt><dd id="s-bound">–</dd></div>
         <div><dt>Objects</dt><dd id="s-objects">–</dd></div>
         <div><dt>Evictions</dt><dd id="s-evictions">–</dd></div>
       </dl>
@@ -315,10 +316,9 @@ const SCRIPT = `
     if (st.boundBytes == null) {
       bar.replaceChildren(el("span", bytes(st.bytes) + " used; no size bound configured (unbounded)"));
     } else {
-      var m = document.createElement("meter"), lab = el("label", "Store usage " + pct(st.bytes / st.boundBytes));
-      m.id = "store-meter"; m.min = 0; m.max = st.boundBytes; m.value = Math.min(st.bytes, st.boundBytes);
-      m.low = st.boundBytes * 0.8; m.high = st.boundBytes * 0.95; m.optimum = 0;
-      m.textContent = bytes(st.bytes) + " of " + bytes(st.boundBytes);
+      var m = document.createElement("meter"), lab = el("label", "Blobs: " + pct(st.blobBytes / st.boundBytes) + " of the bound");
+      m.id = "store-meter"; m.min = 0; m.max = st.boundBytes; m.value = Math.min(st.blobBytes, st.boundBytes);
+      m.textContent = bytes(st.blobBytes) + " of " + bytes(st.boundBytes);
       lab.htmlFor = "store-meter";
       bar.replaceChildren(lab, m);
     }
@@ -355,6 +355,7 @@ const SCRIPT = `
       var time = el("td"), t = el("time", clock(e.at));
       t.dateTime = new Date(e.at).toISOString();
       time.appendChild(t);
+      if (e.count > 1) time.appendChild(small(e.count + " times since " + clock(e.firstAt)));
       return [time, td(e.source), td(e.registry || "–"), td(e.message, "msg")];
     }), 4, "No errors");
   }

@@ -93,9 +93,14 @@ export interface TopImage {
   lastAt: number;
 }
 
-/** An error worth showing. */
+/** An error worth showing; the same error again right after it (a retry, say) is counted, not repeated. */
 export interface RecentError {
+  /** When it last happened. */
   at: number;
+  /** When the run of repeats began. */
+  firstAt: number;
+  /** Times it happened in a row. */
+  count: number;
   source: "upstream" | "store";
   registry?: string;
   message: string;
@@ -263,7 +268,7 @@ export class StatsAggregator {
         (e.status === undefined ? "no response (unreachable or timed out)" : `answered HTTP ${e.status}`);
       r.lastError = { at: now, message: what ? `${what}: ${message}` : message };
       r.last = "failing";
-      this.#error({ at: now, source: "upstream", registry: e.registry, message: r.lastError.message });
+      this.#error("upstream", e.registry, r.lastError.message);
     } else {
       r.lastSuccess = { at: now, status: e.status! };
       r.last = "ok";
@@ -272,11 +277,18 @@ export class StatsAggregator {
 
   /** Record a download that was not stored (digest mismatch, broken upstream body, disk error). */
   storeError(message: string, registry?: string): void {
-    this.#error({ at: this.#now(), source: "store", registry, message });
+    this.#error("store", registry, message);
   }
 
-  #error(e: RecentError): void {
-    this.#errors.push(e);
+  #error(source: RecentError["source"], registry: string | undefined, message: string): void {
+    const at = this.#now();
+    const last = this.#errors.at(-1);
+    if (last && last.source === source && last.registry === registry && last.message === message) {
+      last.count++;
+      last.at = at;
+      return;
+    }
+    this.#errors.push({ at, firstAt: at, count: 1, source, registry, message });
     if (this.#errors.length > this.#maxErrors) this.#errors.splice(0, this.#errors.length - this.#maxErrors);
   }
 
@@ -334,7 +346,7 @@ export class StatsAggregator {
 
   /** The recent errors, newest first. */
   recentErrors(): RecentError[] {
-    return this.#errors.slice().reverse();
+    return this.#errors.map((e) => ({ ...e })).reverse();
   }
 }
 
@@ -353,7 +365,7 @@ export interface StatusSources {
   defaultRegistry: string | null;
   /** Bytes and objects in the store. */
   store: () => Promise<{ blobs: number; blobBytes: number; manifests: number; manifestBytes: number }>;
-  /** The configured bound on the store's size in bytes, or null when there is none. */
+  /** The configured bound on the store's blob bytes, or null when there is none. */
   storeBound: () => number | null;
   /** Evictions since start (0 until eviction exists). */
   evictions: () => number;
@@ -379,6 +391,10 @@ export interface StatsJson {
     objects: number;
     blobs: number;
     manifests: number;
+    /** Blob content, the part the bound applies to. */
+    blobBytes: number;
+    manifestBytes: number;
+    /** The bound on blob bytes (`--max-size`), or null: unbounded. */
     boundBytes: number | null;
     evictions: number;
   };
@@ -465,6 +481,8 @@ export class StatusApi {
         objects: s.blobs + s.manifests,
         blobs: s.blobs,
         manifests: s.manifests,
+        blobBytes: s.blobBytes,
+        manifestBytes: s.manifestBytes,
         boundBytes: this.src.storeBound(),
         evictions: this.src.evictions(),
       },
@@ -498,18 +516,4 @@ export class StatusApi {
   images(): Promise<ImageInfo[]> {
     return this.src.images();
   }
-}
-
-/**
- * Evictions since start, read from the metrics: the sum of every counter whose name mentions
- * eviction (0 while there is none). Keeps the page independent of how eviction names its counter.
- */
-export function evictionsFrom(metrics: object): number {
-  let n = 0;
-  for (const v of Object.values(metrics)) {
-    if (v && typeof v === "object" && typeof v.name === "string" && /evict/.test(v.name) && typeof v.sum === "function") {
-      n += Number(v.sum()) || 0;
-    }
-  }
-  return n;
 }
