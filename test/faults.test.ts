@@ -100,6 +100,28 @@ describe("resumed downloads", () => {
     });
   }
 
+  test("a body that ends cleanly short of its Content-Length is resumed too", {
+    // Bun's server drops Content-Length on a streamed body (oven-sh/bun#10507), so a fake upstream
+    // running on Bun cannot announce a size and then fall short of it; without a size, such a
+    // body is caught by the digest check instead (the wrong-bytes tests).
+    skip: "Bun" in globalThis && "the fake upstream cannot announce a size on Bun",
+  }, async () => {
+    const up = await startFakeRegistry({ chunkSize: 64 * 1024 });
+    const b = randomBytes(700_000, 70);
+    const d = up.putBlob(b);
+    const cache = await startCache(up.url);
+    try {
+      up.fault(d, { kind: "truncateAfter", bytes: 250_000, times: 1 });
+      const r = await fetch(`${cache.url}/v2/fake/r/app/blobs/${d}`);
+      assert.equal(sha256(await bytesOf(r)), d);
+      const gets = up.requests.filter((x) => x.kind === "blob" && x.method === "GET");
+      assert.ok(gets.length >= 2 && gets.some((g) => g.range !== null), "resumed with a Range request");
+    } finally {
+      await cache.destroy();
+      await up.stop();
+    }
+  });
+
   test("a stalled body is resumed after the idle timeout", async () => {
     const up = await startFakeRegistry({ chunkSize: 64 * 1024 });
     const b = randomBytes(500_000, 64);

@@ -128,7 +128,13 @@ export class Flight {
         let chunk: Uint8Array;
         try {
           const { done, value } = await reader.read();
-          if (done) break;
+          if (done) {
+            // A body that ends cleanly short of its Content-Length is a break like any other.
+            if (this.size !== undefined && this.received < this.size) {
+              throw new Error(`upstream body ended after ${this.received} of ${this.size} bytes`);
+            }
+            break;
+          }
           chunk = value;
         } catch (e) {
           const more = this.size === undefined || this.received < this.size;

@@ -27,6 +27,8 @@ export type FaultKind =
   | { kind: "wrongBytes"; bytes?: Uint8Array }
   /** Send the headers (full Content-Length) and this many bytes, then break the connection. */
   | { kind: "dieAfter"; bytes: number }
+  /** Send this many bytes, then end the body cleanly although Content-Length announced more. */
+  | { kind: "truncateAfter"; bytes: number }
   /** Send this many bytes, then go silent for `ms`. */
   | { kind: "stallAfter"; bytes: number; ms: number }
   /** Answer with this status (and optional headers), e.g. 429 + Retry-After. */
@@ -142,7 +144,7 @@ export async function startFakeRegistry(opts: FakeOptions = {}): Promise<FakeReg
     const chunk = opts.chunkSize ?? 64 * 1024;
     const delay = opts.chunkDelayMs ?? 0;
     let off = 0;
-    const limit = fault?.kind === "dieAfter" || fault?.kind === "stallAfter" ? fault.bytes : Infinity;
+    const limit = fault?.kind === "dieAfter" || fault?.kind === "stallAfter" || fault?.kind === "truncateAfter" ? fault.bytes : Infinity;
     if (!fault && !delay) return bytes.slice();
     return new ReadableStream<Uint8Array>({
       async pull(c) {
@@ -152,6 +154,7 @@ export async function startFakeRegistry(opts: FakeOptions = {}): Promise<FakeReg
             await sleep(fault.ms);
             return c.close();
           }
+          if (fault?.kind === "truncateAfter") return c.close();
           return c.error(new Error("injected: connection dies"));
         }
         if (delay && off > 0) await sleep(delay);
