@@ -64,6 +64,8 @@ export interface Config {
   };
   /** Bytes of blob content the store may hold (S3-FIFO eviction), or null for no bound. */
   maxSizeBytes: number | null;
+  /** Manifests (and their tags) not pulled for this long are dropped (ms), or null to keep them. */
+  maxManifestAgeMs: number | null;
   /** Client authentication (`--htpasswd`, `--tokens`, `--users`), or null: anyone who reaches the port may pull. */
   clientAuth: ClientAuthConfig | null;
   /** PEM certificate chain and key to serve HTTPS with (`--tls-cert`, `--tls-key`), or null for plain HTTP. */
@@ -120,6 +122,7 @@ export const CONFIG_FLAGS: Record<string, string> = {
   "--max-detached": "a download whose clients all left still completes up to this size, e.g. 2GiB (default 2GiB)",
   "--max-downloads": "upstream blob downloads at once; as many more wait, the rest get 503 + Retry-After (default 64; env OCICACHE_MAX_DOWNLOADS)",
   "--trust-shared-content": "true: serve cached content to any repository asking for its digest without an upstream check (public-only caches; default false; env OCICACHE_TRUST_SHARED_CONTENT)",
+  "--max-manifest-age": "drop manifests and their tags not pulled for this long, e.g. 30d (default: keep them)",
   "--max-size": "bound on the bytes of blob content in the store, e.g. 50GiB; S3-FIFO eviction (default: unbounded; env OCICACHE_MAX_SIZE)",
   "--htpasswd": "require HTTP Basic logins: htpasswd file of bcrypt entries (htpasswd -B; env OCICACHE_HTPASSWD)",
   "--tokens": "require logins: file of static bearer tokens, one 'TOKEN USER' a line (env OCICACHE_TOKENS)",
@@ -128,12 +131,12 @@ export const CONFIG_FLAGS: Record<string, string> = {
   "--tls-key": "serve HTTPS: PEM private key file; needs --tls-cert (env OCICACHE_TLS_KEY)",
 };
 
-/** Parse `5m`, `30s`, `1h`, `250ms` or plain seconds into ms. */
+/** Parse `5m`, `30s`, `1h`, `7d`, `250ms` or plain seconds into ms. */
 export function parseDuration(field: string, v: unknown): number {
   if (typeof v === "number" && Number.isFinite(v) && v >= 0) return v * 1000;
-  const m = typeof v === "string" ? /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v.trim()) : null;
+  const m = typeof v === "string" ? /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(v.trim()) : null;
   if (!m) throw new ConfigError(field, `expected a duration like 30s, 5m or 1h, got ${JSON.stringify(v)}`);
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "s"]!;
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] ?? "s"]!;
   return Math.round(Number(m[1]) * unit);
 }
 
@@ -216,6 +219,7 @@ interface FileConfig {
   maxDetached?: string | number;
   maxDownloads?: number;
   maxSize?: string | number | null;
+  maxManifestAge?: string | number | null;
   htpasswd?: string;
   tokens?: string;
   users?: string;
@@ -457,6 +461,13 @@ export async function loadConfig(src: ConfigSources): Promise<Config> {
     upstream: { headersTimeoutMs, idleTimeoutMs, retry: { attempts, baseDelayMs: 200, budgetMs: 10_000 } },
     download: { maxDetachedBytes, maxConcurrent: maxDownloads },
     maxSizeBytes,
+    maxManifestAgeMs: (() => {
+      const raw = pick("--max-manifest-age", "OCICACHE_MAX_MANIFEST_AGE", file.maxManifestAge);
+      if (raw === undefined || raw === null) return null;
+      const ms = parseDuration("maxManifestAge", raw);
+      if (ms < 60_000) throw new ConfigError("maxManifestAge", "must be at least 1m");
+      return ms;
+    })(),
     clientAuth,
     tls,
     trustSharedContent: parseBool("trustSharedContent", pick("--trust-shared-content", "OCICACHE_TRUST_SHARED_CONTENT", file.trustSharedContent) ?? false),

@@ -18,6 +18,7 @@ import { Upstream } from "./oci/upstream.ts";
 import type { Handler, Runtime } from "./runtime/types.ts";
 import { Cafs } from "./store/cafs.ts";
 import { BlobEviction } from "./cache/eviction.ts";
+import { expireManifests, PullTracker } from "./cache/manifest_age.ts";
 import { StatusApi } from "./ui/stats.ts";
 import { VERSION } from "./version.ts";
 import { StoreMaintenance, TMP_OLDER_THAN_MS } from "./store/maintenance.ts";
@@ -35,6 +36,10 @@ export interface Service {
   eviction?: BlobEviction;
   /** The store check started at open (in the background) and gc, also run periodically. */
   maintenance: StoreMaintenance;
+  /** Last-pulled times, written in batches. */
+  pulls: PullTracker;
+  /** Run the --max-manifest-age expiry now (tests). */
+  expireManifestsNow(): Promise<{ manifests: number; bytes: number }>;
   /** Wait for downloads in flight, then close the index. */
   close(): Promise<void>;
 }
@@ -78,6 +83,7 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
   // --max-downloads: new upstream downloads beyond the bound queue briefly, then get 503 + Retry-After.
   const downloadLimit = new DownloadLimit({ max: config.download.maxConcurrent, maxWaitMs: config.upstream.headersTimeoutMs });
   const flights: Flights = new LimitedFlights(downloadLimit);
+  const pulls = new PullTracker(index, log);
   const eviction = config.maxSizeBytes !== null
     ? await BlobEviction.open({ capacity: config.maxSizeBytes, index, cafs, log })
     : undefined;
@@ -95,6 +101,7 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
     },
     maxDetachedBytes: config.download.maxDetachedBytes,
     trustSharedContent: config.trustSharedContent,
+    onServed: (via, digest) => pulls.pulled(via, digest, (opts.now ?? Date.now)()),
     eviction,
   });
   if (eviction) {
@@ -161,6 +168,22 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
     ...opts.maintenance,
   });
   maintenance.start(startedAt);
+  // --max-manifest-age: drop manifests nobody pulled for that long, checked a few times per age.
+  let expiry: ReturnType<typeof setInterval> | undefined;
+  let expiring: Promise<void> = Promise.resolve();
+  if (config.maxManifestAgeMs !== null) {
+    const age = config.maxManifestAgeMs;
+    const run = () => {
+      expiring = expiring.then(async () => {
+        await pulls.flush();
+        const r = await expireManifests(index, cafs, age, (opts.now ?? Date.now)());
+        if (r.manifests) log.info("dropped manifests not pulled within --max-manifest-age", { ...r, maxAgeMs: age });
+      }).catch((e) => log.error("manifest expiry failed", { error: (e as Error).message }));
+    };
+    expiry = setInterval(run, Math.min(Math.max(age / 4, 60_000), 3_600_000));
+    (expiry as { unref?: () => void }).unref?.();
+    run();
+  }
   return {
     handler,
     index,
@@ -170,7 +193,15 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
     metrics,
     eviction,
     maintenance,
+    pulls,
+    async expireManifestsNow() {
+      await pulls.flush();
+      return expireManifests(index, cafs, config.maxManifestAgeMs ?? Infinity, (opts.now ?? Date.now)());
+    },
     async close() {
+      if (expiry !== undefined) clearInterval(expiry);
+      await expiring;
+      await pulls.close();
       const active = await flights.active();
       await Promise.allSettled(active.map((f) => f.done));
       await maintenance.close();

@@ -5,6 +5,8 @@ import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { randomBytes, sha256, startFakeRegistry } from "./support/fake_registry.ts";
 import { bytesOf, readRest, settle, startCache } from "./support/cache.ts";
+import { diskUsage, renderDiskUsage } from "../src/cli/inspect.ts";
+import { imageManifest } from "./support/fake_registry.ts";
 
 const MiB = 1024 * 1024;
 
@@ -97,6 +99,10 @@ describe("--max-size", () => {
     try {
       const after = second.service.eviction!.policy.snapshot().entries.map((e) => `${e.key}:${e.queue}:${e.freq}`).sort();
       assert.deepEqual(after, before);
+      // `ocicache du` shows the queues.
+      const du = await diskUsage(second.service.index);
+      assert.ok(du.queues.main.count > 0 && du.queues.ghost.count > 0, JSON.stringify(du.queues));
+      assert.match(renderDiskUsage(du), /S3-FIFO QUEUE\s+BLOBS\s+BYTES\n(small|main)/);
       assert.ok(before.some((e) => e.includes(":main:")) && before.some((e) => e.includes(":ghost:")), "the state had all queues in use");
     } finally {
       await second.destroy();
@@ -115,6 +121,35 @@ describe("--max-size", () => {
       assert.equal(await cache.service.index.getBlob(d), null);
       assert.equal(await storeBytes(cache.storage), 0);
       assert.deepEqual(await readdir(join(cache.storage, "tmp")), []);
+    } finally {
+      await cache.destroy();
+      await up.stop();
+    }
+  });
+
+  test("--max-manifest-age drops manifests and their tags nobody pulled for that long; pulled ones stay", async () => {
+    const up = await startFakeRegistry();
+    const oci = "application/vnd.oci.image.manifest.v1+json";
+    const ma = imageManifest({ digest: up.putBlob(randomBytes(100, 601)), size: 100 }, []);
+    const mb = imageManifest({ digest: up.putBlob(randomBytes(100, 602)), size: 100 }, []);
+    const da = up.putManifest("age/app", ma, oci, "a");
+    const db = up.putManifest("age/app", mb, oci, "b");
+    const cache = await startCache(up.url, { flags: ["--max-manifest-age", "1h"] });
+    try {
+      await (await fetch(`${cache.url}/v2/fake/age/app/manifests/a`)).arrayBuffer();
+      await (await fetch(`${cache.url}/v2/fake/age/app/manifests/b`)).arrayBuffer();
+      cache.clock.now += 30 * 60_000;
+      await (await fetch(`${cache.url}/v2/fake/age/app/manifests/${da}`)).arrayBuffer(); // a is pulled again
+      cache.clock.now += 45 * 60_000;
+      const r = await cache.service.expireManifestsNow();
+      assert.equal(r.manifests, 1);
+      assert.ok(await cache.service.index.getManifest(da), "pulled 45 min ago: kept");
+      assert.equal(await cache.service.index.getManifest(db), null, "pulled 75 min ago: dropped");
+      assert.equal(await cache.service.index.getTagDigest("fake", "age/app", "b"), null, "its tag too");
+      up.reset();
+      const again = await fetch(`${cache.url}/v2/fake/age/app/manifests/b`);
+      assert.deepEqual(new Uint8Array(await again.arrayBuffer()), mb);
+      assert.equal(up.count("manifest", "GET"), 1, "fetched again on demand");
     } finally {
       await cache.destroy();
       await up.stop();

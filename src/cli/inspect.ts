@@ -38,11 +38,13 @@ export function renderImages(images: ImageInfo[], now = Date.now()): string {
 export interface DiskUsage {
   registries: { registry: string; repositories: number; objects: number; bytes: number }[];
   total: { blobs: number; blobBytes: number; manifests: number; manifestBytes: number };
+  /** S3-FIFO queues of the size bound (empty when the store was never bounded). */
+  queues: Record<string, { count: number; bytes: number }>;
 }
 
 /** Compute {@link DiskUsage}. Content shared by registries counts once in the total. */
 export async function diskUsage(index: Index): Promise<DiskUsage> {
-  return { registries: await index.usageByRegistry(), total: await index.stats() };
+  return { registries: await index.usageByRegistry(), total: await index.stats(), queues: await index.evictionQueues() };
 }
 
 /** The `du` report. */
@@ -50,5 +52,13 @@ export function renderDiskUsage(du: DiskUsage): string {
   const rows = du.registries.map((r) => [r.registry, String(r.repositories), String(r.objects), formatBytes(r.bytes)]);
   const t = du.total;
   rows.push(["TOTAL (deduplicated)", "-", String(t.blobs + t.manifests), formatBytes(t.blobBytes + t.manifestBytes)]);
-  return table(["REGISTRY", "REPOSITORIES", "OBJECTS", "BYTES"], rows);
+  const out = table(["REGISTRY", "REPOSITORIES", "OBJECTS", "BYTES"], rows);
+  const queues = Object.entries(du.queues);
+  if (!queues.length) return out;
+  const order = ["small", "main", "ghost"];
+  queues.sort(([a], [b]) => order.indexOf(a) - order.indexOf(b));
+  return out + "\n\n" + table(
+    ["S3-FIFO QUEUE", "BLOBS", "BYTES"],
+    queues.map(([q, v]) => [q === "ghost" ? "ghost (remembered, not stored)" : q, String(v.count), formatBytes(v.bytes)]),
+  );
 }

@@ -232,6 +232,30 @@ export class Index {
     await this.db.execute(repoObject(via, digest, kind, now));
   }
 
+  /** Record pulls (batched by the caller): `last_pulled` only moves forward. */
+  async touch(pulls: { registry: string; repository: string; digest: string; at: number }[]): Promise<void> {
+    if (!pulls.length) return;
+    await this.db.batch(pulls.map((p) => ({
+      sql: "UPDATE repo_objects SET last_pulled = ? WHERE registry = ? AND repository = ? AND digest = ? AND last_pulled < ?",
+      args: [p.at, p.registry, p.repository, p.digest, p.at],
+    })), "write");
+  }
+
+  /** Manifests nobody has pulled (or that were stored) before `before` (ms since epoch). */
+  async manifestsNotPulledSince(before: number): Promise<{ digest: string; key: string; size: number }[]> {
+    const rs = await this.db.execute({
+      sql: `SELECT m.digest, m.key, m.size FROM manifests m
+             WHERE max(m.stored_at, coalesce((SELECT max(o.last_pulled) FROM repo_objects o WHERE o.digest = m.digest), 0)) < ?`,
+      args: [before],
+    });
+    return rs.rows.map((r) => ({ digest: String(r.digest), key: String(r.key), size: Number(r.size) }));
+  }
+
+  /** Forget every tag that points at this digest. */
+  async deleteTagsTo(digest: string): Promise<void> {
+    await this.db.execute({ sql: "DELETE FROM tags WHERE digest = ?", args: [digest] });
+  }
+
   /** Close the connection. */
   close(): void {
     this.db.close();

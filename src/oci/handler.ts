@@ -43,6 +43,8 @@ export interface PullDeps {
   onStoreFailure?: (error: Error) => void;
   /** Once every client has left, a download larger than this is cancelled. */
   maxDetachedBytes?: number;
+  /** Told when cached content is served through a repository (last-pulled times). */
+  onServed?: (via: { registry: string; repository: string }, digest: string) => void;
   /** Serve cached content to any repository without confirming upstream that it has the digest. */
   trustSharedContent?: boolean;
   /** The store's size bound, when there is one. */
@@ -98,6 +100,7 @@ export class PullHandler {
     if (row && cached && accepts(accept, cached.mediaType)) {
       if (this.#now() - row.checkedAt < t.registry.tagTtlMs) {
         ctx.cache = "hit";
+        this.#served(t, cached.digest, head);
         return this.#serveManifest(cached, head);
       }
       // Stale: ask with a HEAD (Docker Hub does not count it as a pull).
@@ -109,6 +112,7 @@ export class PullHandler {
           registry: reg, repository: t.name, tag, digest: cached.digest, ageMs: age, reason: failureReason(r),
         });
         if (r.ok) await r.response.body?.cancel();
+        this.#served(t, cached.digest, head);
         return this.#serveManifest(cached, head, { warning: '110 - "Response is Stale"' });
       }
       if (!r.ok || isUpstreamFailure(r)) return upstreamError(r, "MANIFEST_UNKNOWN", t);
@@ -117,6 +121,7 @@ export class PullHandler {
       if (res.status === 200 && res.headers.get("docker-content-digest") === cached.digest) {
         await index.refreshTag(reg, t.name, tag, this.#now());
         ctx.cache = "revalidated";
+        this.#served(t, cached.digest, head);
         return this.#serveManifest(cached, head);
       }
       if (res.status === 404) {
@@ -138,6 +143,7 @@ export class PullHandler {
       const refused = await this.#confirmScope(t, digest.value, "manifest", ctx);
       if (refused) return refused;
       ctx.cache = "hit";
+      this.#served(t, cached.digest, head);
       return this.#serveManifest(cached, head);
     }
     if (head) return this.#headManifest(t, digest.value, req.headers.get("accept"), ctx);
@@ -231,6 +237,10 @@ export class PullHandler {
     return upstreamError(r, kind === "blob" ? "BLOB_UNKNOWN" : "MANIFEST_UNKNOWN", t);
   }
 
+  #served(t: Target, digest: string, head: boolean): void {
+    if (!head) this.deps.onServed?.({ registry: t.registry.prefix, repository: t.name }, digest);
+  }
+
   /** The indexed manifest with this digest whose file is in place (else it counts as not held). */
   async #heldManifest(digest: string): Promise<ManifestRow | null> {
     const row = await this.deps.index.getManifest(digest);
@@ -256,7 +266,10 @@ export class PullHandler {
       const refused = await this.#confirmScope(t, digest.value, "blob", ctx);
       if (refused) return refused;
       ctx.cache = "hit";
-      if (!head) this.deps.eviction?.hit(digest.value, row.size);
+      if (!head) {
+        this.deps.eviction?.hit(digest.value, row.size);
+        this.deps.onServed?.({ registry: t.registry.prefix, repository: t.name }, digest.value);
+      }
       const range = parseRange(head ? null : req.headers.get("range"), row.size);
       if (range.kind === "unsatisfiable") return rangeNotSatisfiable(row.size);
       const [start, end] = range.kind === "partial" ? [range.start, range.end] : [0, row.size - 1];
