@@ -270,7 +270,8 @@ describe("durations", () => {
     assert.equal(parseDuration("f", 7), 7000);
     assert.equal(parseDuration("f", "0"), 0);
   });
-  for (const bad of ["5 minutes", "-5s", "5d", "", "1e3", "s"]) {
+  test("days", () => assert.equal(parseDuration("x", "7d"), 7 * 86_400_000));
+  for (const bad of ["5 minutes", "-5s", "5w", "", "1e3", "s"]) {
     test(`bad duration ${JSON.stringify(bad)}`, async () => {
       assert.throws(() => parseDuration("tagTtl", bad), ConfigError);
       await rejects(load(["--tag-ttl", bad]), "tagTtl");
