@@ -19,6 +19,7 @@
  * skipped loudly when one is missing, failed instead with OCICACHE_E2E_REQUIRED=1. Set
  * OCICACHE_BIN to test a compiled binary instead of the source.
  */
+import { DEFAULT_ACCEPT } from "../src/oci/media_types.ts";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -56,12 +57,8 @@ import { pushLayout } from "./support/skopeo.ts";
 const TAG = "1.0";
 const PULL_TIMEOUT_MS = 20_000;
 const PLATFORM = "linux/amd64";
-const ACCEPT = [
-  "application/vnd.oci.image.index.v1+json",
-  "application/vnd.oci.image.manifest.v1+json",
-  "application/vnd.docker.distribution.manifest.list.v2+json",
-  "application/vnd.docker.distribution.manifest.v2+json",
-].join(", ");
+/** Every manifest type, as a registry client sends it. */
+const ACCEPT = DEFAULT_ACCEPT;
 
 /** One image pushed to the upstream. */
 interface Fixture {

@@ -7,6 +7,7 @@
  * is missing, failed instead with OCICACHE_E2E_REQUIRED=1. Set OCICACHE_BIN to test a compiled
  * binary instead of the source.
  */
+import { DEFAULT_ACCEPT } from "../src/oci/media_types.ts";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -30,12 +31,8 @@ import { dirManifestDigest, pushLayout, type SkopeoResult, skopeoCopy, verifyDir
 const TOOLS: E2ETool[] = ["docker-registry", "skopeo"];
 const TAG = "1.0";
 const SKOPEO_TIMEOUT_MS = 30_000;
-const ACCEPT = [
-  "application/vnd.oci.image.index.v1+json",
-  "application/vnd.oci.image.manifest.v1+json",
-  "application/vnd.docker.distribution.manifest.list.v2+json",
-  "application/vnd.docker.distribution.manifest.v2+json",
-].join(", ");
+/** Every manifest type, as a registry client sends it. */
+const ACCEPT = DEFAULT_ACCEPT;
 
 /** One image pushed to the upstream. */
 interface Fixture {

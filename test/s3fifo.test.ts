@@ -1,4 +1,5 @@
 /** S3-FIFO eviction (src/cache/s3fifo.ts) and the LRU / FIFO baselines (src/cache/policies.ts). */
+import { prng } from "./support/prng.ts";
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { type EvictionPolicy, FifoPolicy, LruPolicy } from "../src/cache/policies.ts";
@@ -9,17 +10,8 @@ function queues(c: S3Fifo) {
   return { small: [...c.queueKeys("small")], main: [...c.queueKeys("main")], ghost: [...c.queueKeys("ghost")] };
 }
 
-/** A small seeded PRNG for the randomized runs (mulberry32). */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A small seeded PRNG for the randomized runs. */
+const rng = prng;
 
 /** A table kept the way the service would keep one from the change events. */
 function mirror() {

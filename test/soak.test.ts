@@ -15,6 +15,7 @@
  * OCICACHE_SOAK_SEED changes the seed (content, popularity, fault schedule); the interleaving
  * of 32 concurrent loops is of course not reproducible.
  */
+import { prng } from "./support/prng.ts";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
@@ -51,17 +52,6 @@ const RANGES_ON_WRONG_BYTES = true;
 
 assert.ok(Number.isFinite(SECONDS) && SECONDS >= 10, `OCICACHE_SOAK_SECONDS must be at least 10, got ${process.env.OCICACHE_SOAK_SECONDS}`);
 
-/** mulberry32: small, fast, seeded. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
