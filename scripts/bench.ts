@@ -9,15 +9,18 @@
  *    and wall time vs one client;
  * 4. warm manifest-by-tag requests/s and p50/p99 with 16 connections for ~5 s;
  * 5. start-up time to a ready /v2/ (compiled binary, `deno run`);
- * 6. peak RSS of ocicache during 8 concurrent warm GETs of the big layer.
+ * 6. peak RSS of ocicache during 8 concurrent warm GETs of the big layer;
+ * 7. warm `skopeo copy` of a 6-layer (~64 MiB) image to `dir:`: ocicache vs peer (wall time).
  *
- * Prints tables (figures + ratios), writes test-output/bench.json and docs/benchmarks.md.
+ * Prints tables (figures + ratios), writes test-output/bench.json, docs/benchmarks.md and the
+ * ratio chart docs/benchmarks.svg.
  * Every process and temp dir it makes is removed at the end, also on failure or Ctrl-C; a
  * watchdog bounds the whole run.
  *
  * Flags: --size-mib N (256) · --warm-reps N (5) · --cold-reps N (3) · --clients N (8)
  *        --manifest-seconds N (5) · --manifest-concurrency N (16) · --startup-runs N (5)
- *        --no-binary · --no-docs · --max-minutes N (20) · --only 1,2,… (tests to run)
+ *        --skopeo-reps N (5) · --no-binary · --no-docs · --max-minutes N (20)
+ *        --only 1,2,… (tests to run)
  * @module
  */
 import { existsSync } from "node:fs";
@@ -34,10 +37,16 @@ import { arch, cpus, loadavg, release, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
+import { makeImageLayout } from "../test/support/fixtures.ts";
 import {
   type RealRegistry,
   startDockerRegistry,
 } from "../test/support/real_registry.ts";
+import {
+  pushLayout,
+  skopeoCopy,
+  verifyDirCopy,
+} from "../test/support/skopeo.ts";
 import {
   type Blob,
   OCI_MANIFEST,
@@ -65,9 +74,11 @@ import {
 import {
   type ConcurrentRow,
   renderMarkdown,
+  renderSvg,
   renderText,
   type Results,
   type RssRow,
+  type SkopeoRow,
   type ThroughputRow,
 } from "./bench/report.ts";
 import {
@@ -100,10 +111,11 @@ function parseArgs(argv: string[]) {
     manifestSeconds: 5,
     manifestConcurrency: 16,
     startupRuns: 5,
+    skopeoReps: 5,
     binary: true,
     docs: true,
     maxMinutes: 20,
-    only: new Set([1, 2, 3, 4, 5, 6]),
+    only: new Set([1, 2, 3, 4, 5, 6, 7]),
   };
   const num = (flag: string, v: string | undefined, min: number) => {
     const n = Number(v);
@@ -141,6 +153,9 @@ function parseArgs(argv: string[]) {
       case "--startup-runs":
         o.startupRuns = Math.round(num(flag, val(), 1));
         break;
+      case "--skopeo-reps":
+        o.skopeoReps = Math.round(num(flag, val(), 1));
+        break;
       case "--max-minutes":
         o.maxMinutes = num(flag, val(), 1);
         break;
@@ -158,7 +173,8 @@ function parseArgs(argv: string[]) {
         console.log(
           "Usage: deno task bench [--size-mib 256] [--warm-reps 5] [--cold-reps 3] [--clients 8]\n" +
             "       [--manifest-seconds 5] [--manifest-concurrency 16] [--startup-runs 5]\n" +
-            "       [--no-binary] [--no-docs] [--max-minutes 20] [--only 1,2,3,4,5,6]",
+            "       [--skopeo-reps 5] [--no-binary] [--no-docs] [--max-minutes 20]\n" +
+            "       [--only 1,2,3,4,5,6,7]",
         );
         process.exit(0);
         break;
@@ -222,7 +238,7 @@ async function storedFile(
 /** Wait until a docker-registry (proxy mode) has the blob in its own storage. */
 function peerStored(
   reg: RealRegistry,
-  b: Blob,
+  b: Pick<Blob, "digest" | "size">,
   timeoutMs = 120_000,
 ): Promise<true> {
   const hex = b.digest.slice("sha256:".length);
@@ -262,6 +278,8 @@ async function proxyQuiet(
 }
 
 const mibps = (bytes: number, s: number) => bytes / MiB / s;
+/** Layer payloads (MiB) of the test-7 image: 6 layers, 64 MiB of random bytes in all. */
+const SKOPEO_LAYER_MIB = [24, 16, 10, 8, 4, 2];
 const rotate = <T>(xs: T[], by: number) =>
   xs.map((_, i) => xs[(i + by) % xs.length]);
 
@@ -374,6 +392,8 @@ async function main(cleanup: Cleanup): Promise<number> {
         manifestConcurrency: opts.manifestConcurrency,
         startupRuns: opts.startupRuns,
         rssClients: opts.clients,
+        skopeoReps: opts.skopeoReps,
+        skopeoLayerMiB: SKOPEO_LAYER_MIB.join("+"),
       },
       client: clientKind,
       loadavgStart: loadavg(),
@@ -386,6 +406,7 @@ async function main(cleanup: Cleanup): Promise<number> {
     manifest: [],
     startup: [],
     rss: [],
+    skopeo: [],
   };
   log(
     `machine: ${results.meta.machine.nproc} cores, ${results.meta.machine.memory}, ${
@@ -398,7 +419,8 @@ async function main(cleanup: Cleanup): Promise<number> {
   const freshBlobs = 1 +
     (opts.only.has(2) ? opts.coldReps * (variants.length + 2) : 0) +
     (opts.only.has(3) ? opts.coldReps * 2 * (variants.length + 1) : 0);
-  const needMiB = opts.sizeMiB * (freshBlobs * 2.2 + 4) + 512;
+  const needMiB = opts.sizeMiB * (freshBlobs * 2.2 + 4) + 512 +
+    (opts.only.has(7) ? 80 * (variants.length + 5) : 0);
   const df = await runCmd("df", ["-Pk", tmpBase]);
   const availMiB =
     Number(df.stdout.trim().split("\n").pop()?.split(/\s+/)[3] ?? NaN) / 1024;
@@ -810,6 +832,119 @@ async function main(cleanup: Cleanup): Promise<number> {
   }
   if (countedSetup) await (await countedSetup).stop();
 
+  // ---- 7. skopeo copy of a multi-layer image, warm (before 6: 6 stops the main ocicaches)
+  if (opts.only.has(7)) {
+    if (!which("skopeo")) {
+      const n = "skopeo is not installed (apt-get install skopeo): test 7 skipped";
+      notes.push(n);
+      log(n);
+    } else {
+      log(
+        `7. skopeo copy of a ${SKOPEO_LAYER_MIB.length}-layer image × ${opts.skopeoReps} (warm)`,
+      );
+      const layout = await makeImageLayout(join(tmp, "skopeo-layout"), {
+        seed: `ocicache-bench-${Date.now()}`,
+        layerSizes: SKOPEO_LAYER_MIB.map((m) => m * MiB),
+        tag: "v1",
+      });
+      const hostOf = (url: string) => new URL(url).host;
+      await pushLayout(layout.dir, "v1", hostOf(upstream.url), "bench/multi");
+      const imageBytes = layout.blobs.reduce((n, b) => n + b.size, 0);
+      const img = layout.images[0];
+      log(
+        `  pushed bench/multi:v1 (${img.layers.length} layers, ${
+          fmt(imageBytes / MiB, 1)
+        } MiB) with skopeo`,
+      );
+      await rm(layout.dir, { recursive: true, force: true });
+      const targets = [
+        ...variants.map((v) => ({
+          key: v.key,
+          label: v.label,
+          src: `docker://${hostOf(ocis.get(v.key)!.url)}/up/bench/multi:v1`,
+          peer: false,
+        })),
+        {
+          key: "peer",
+          label: "peer (distribution proxy)",
+          src: `docker://${hostOf(peer.url)}/bench/multi:v1`,
+          peer: true,
+        },
+        {
+          key: "upstream",
+          label: "upstream direct",
+          src: `docker://${hostOf(upstream.url)}/bench/multi:v1`,
+          peer: false,
+        },
+      ];
+      const outBase = join(tmp, "skopeo-out");
+      await mkdir(outBase, { recursive: true });
+      let seq = 0;
+      const copy = async (src: string, verify = false) => {
+        const out = join(outBase, String(seq++));
+        const t0 = performance.now();
+        const r = await skopeoCopy(src, `dir:${out}`, [], { timeoutMs: 120_000 });
+        const s = (performance.now() - t0) / 1000;
+        if (r.code !== 0) {
+          throw new Error(
+            `skopeo copy ${src} failed (code ${r.code}${
+              r.timedOut ? ", timed out" : ""
+            }): ${r.stderr.trim()}`,
+          );
+        }
+        if (verify) {
+          const got = await verifyDirCopy(out);
+          if (got.length !== img.layers.length + 1) {
+            throw new Error(
+              `skopeo copy ${src}: ${got.length} blobs, want ${img.layers.length + 1}`,
+            );
+          }
+        }
+        await rm(out, { recursive: true, force: true });
+        return s;
+      };
+      const rows: SkopeoRow[] = [];
+      for (const t of targets) {
+        const firstS = await copy(t.src, true); // cold: fills the cache
+        if (t.peer) {
+          for (const b of [img.config, ...img.layers]) await peerStored(peer, b);
+        }
+        await copy(t.src); // unmeasured warm copy
+        rows.push({
+          key: t.key,
+          label: t.label,
+          firstS,
+          wallS: [],
+          imageBytes,
+          layers: img.layers.length,
+        });
+        log(`  ${t.label}: first copy (verified) ${fmt(firstS, 2)} s`);
+      }
+      await runCmd("sync", [], { timeoutMs: 120_000 });
+      for (let r = 0; r < opts.skopeoReps; r++) {
+        for (const t of rotate(targets, r)) {
+          rows.find((x) => x.key === t.key)!.wallS.push(await copy(t.src));
+        }
+      }
+      for (const row of rows) {
+        log(
+          `  ${row.label}: ${row.wallS.map((x) => fmt(x, 3)).join(", ")} s`,
+        );
+      }
+      results.skopeo = rows;
+      const peerWall = median(rows.find((x) => x.key === "peer")!.wallS);
+      for (const row of rows.filter((x) => x.key.startsWith("ocicache"))) {
+        notes.push(
+          `skopeo: a warm \`skopeo copy\` of the ${row.layers}-layer image through ${row.label} took ${
+            fmt(median(row.wallS), 3)
+          } s, ${fmt(median(row.wallS) / peerWall, 2)}× the peer's ${
+            fmt(peerWall, 3)
+          } s (the peer revalidates the tag upstream on every pull; skopeo's own start-up and disk writes are in both).`,
+        );
+      }
+    }
+  }
+
   // ---- 6. peak RSS during concurrent warm GETs
   if (opts.only.has(6)) {
     log(`6. memory during ${opts.clients} concurrent warm GETs`);
@@ -1015,6 +1150,11 @@ async function main(cleanup: Cleanup): Promise<number> {
       renderMarkdown(results),
     );
     log(`wrote docs/benchmarks.md`);
+    const svg = renderSvg(results);
+    if (svg) {
+      await writeFile(join(ROOT, "docs", "benchmarks.svg"), svg);
+      log(`wrote docs/benchmarks.svg`);
+    }
   }
   log(`total ${fmt(results.meta.totalSeconds)} s`);
   return 0;

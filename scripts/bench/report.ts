@@ -62,6 +62,19 @@ export interface RssRow {
   note?: string;
 }
 
+/** One target of the skopeo test (7): `skopeo copy` of a multi-layer image to `dir:`. */
+export interface SkopeoRow {
+  key: string;
+  label: string;
+  /** Wall seconds of the first (cold, filling) copy. */
+  firstS: number;
+  /** Wall seconds of each timed warm copy. */
+  wallS: number[];
+  /** Bytes of every blob of the image (manifest, config, layers). */
+  imageBytes: number;
+  layers: number;
+}
+
 export interface Results {
   meta: {
     date: string;
@@ -82,6 +95,8 @@ export interface Results {
   manifest: ManifestRow[];
   startup: StartupRow[];
   rss: RssRow[];
+  /** Test 7 (absent in results written before it existed). */
+  skopeo?: SkopeoRow[];
 }
 
 /** A rendered table. */
@@ -296,7 +311,134 @@ export function tables(r: Results): Table[] {
       ]),
     });
   }
+  if (r.skopeo?.length) {
+    const peer = med(r.skopeo.find((x) => x.key === "peer")?.wallS);
+    const x0 = r.skopeo[0];
+    out.push({
+      title: `7. skopeo copy of a ${x0.layers}-layer image (${
+        fmt(x0.imageBytes / MiB)
+      } MiB), warm — lower wall time is better`,
+      note:
+        `\`skopeo copy --src-tls-verify=false docker://HOST/REPO:TAG dir:FRESH_TMP\`, median of ${r.meta.settings.skopeoReps} warm copies per target (interleaved, after one cold filling copy and one unmeasured warm copy); wall time includes skopeo's own start-up, tag resolution and writing the blobs to disk; "vs peer" = wall time ÷ the peer's (below 1.00× = faster than the peer)`,
+      headers: [
+        "target",
+        "warm wall s (median)",
+        "range s",
+        "MiB/s",
+        "cold first copy s",
+        "wall vs peer (lower is better)",
+      ],
+      rows: r.skopeo.map((x) => {
+        const m = med(x.wallS);
+        return [
+          x.label,
+          fmt(m, 3),
+          spread(x.wallS, 3),
+          fmt(x.imageBytes / MiB / m),
+          fmt(x.firstS, 2),
+          ratio(m, peer),
+        ];
+      }),
+    });
+  }
   return out;
+}
+
+/** One bar of the ratio chart. */
+interface Bar {
+  group: string;
+  label: string;
+  value: number;
+  higherIsBetter: boolean;
+}
+
+/** The ratios the chart shows: every ocicache row against its references. */
+function chartBars(r: Results): Bar[] {
+  const bars: Bar[] = [];
+  const isOci = (key: string) => key.startsWith("ocicache");
+  const tp = (rows: ThroughputRow[], key: string) =>
+    med(rows.find((x) => x.key === key)?.mibps);
+  const add = (group: string, label: string, a: number, b: number, hib = true) => {
+    const v = a / b;
+    if (Number.isFinite(v) && v > 0) bars.push({ group, label, value: v, higherIsBetter: hib });
+  };
+  for (const [ref, name] of [["peer", "peer"], ["upstream", "upstream direct"], ["disk", "disk read"]]) {
+    for (const x of r.warm.filter((x) => isOci(x.key))) {
+      add(`Warm blob GET throughput vs ${name}`, x.label, med(x.mibps), tp(r.warm, ref));
+    }
+  }
+  for (const [ref, name] of [["peer", "peer"], ["upstream", "upstream direct"]]) {
+    for (const x of r.cold.filter((x) => isOci(x.key))) {
+      add(`Cold blob GET throughput vs ${name}`, x.label, med(x.mibps), tp(r.cold, ref));
+    }
+  }
+  const peerRps = r.manifest.find((x) => x.key === "peer")?.load.rps ?? NaN;
+  for (const x of r.manifest.filter((x) => isOci(x.key))) {
+    add("Warm manifest-by-tag req/s vs peer", x.label, x.load.rps, peerRps);
+  }
+  const peerWall = med(r.skopeo?.find((x) => x.key === "peer")?.wallS);
+  for (const x of (r.skopeo ?? []).filter((x) => isOci(x.key))) {
+    add("skopeo copy, warm: wall time vs peer (lower is better)", x.label, med(x.wallS), peerWall, false);
+  }
+  return bars;
+}
+
+const xml = (s: string) =>
+  s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+
+/**
+ * docs/benchmarks.svg: horizontal bars of ocicache's ratios against the references, on a log2
+ * axis centred on 1× (a bar to the right = a higher figure than the reference). Green = better
+ * than the reference, orange = worse. Undefined when there is nothing to chart.
+ */
+export function renderSvg(r: Results): string | undefined {
+  const bars = chartBars(r);
+  if (!bars.length) return undefined;
+  const logs = bars.map((b) => Math.log2(b.value));
+  const lo = Math.min(-1, Math.floor(Math.min(...logs)));
+  const hi = Math.max(1, Math.ceil(Math.max(...logs)));
+  const labelW = 230, plotW = 520, valueW = 70, padX = 16;
+  const rowH = 20, groupH = 26, top = 58, axisH = 24;
+  const width = padX * 2 + labelW + plotW + valueW;
+  const x = (v: number) => padX + labelW + ((Math.log2(v) - lo) / (hi - lo)) * plotW;
+  const groups = [...new Set(bars.map((b) => b.group))];
+  const height = top + groups.length * groupH + bars.length * rowH + axisH + 30;
+  const el: string[] = [];
+  const plotTop = top - 6, plotBottom = height - axisH - 30;
+  for (let e = lo; e <= hi; e++) {
+    const gx = x(2 ** e).toFixed(1);
+    el.push(
+      `<line x1="${gx}" y1="${plotTop}" x2="${gx}" y2="${plotBottom}" stroke="${e === 0 ? "#444" : "#ddd"}" stroke-width="${e === 0 ? 1.5 : 1}"/>`,
+      `<text x="${gx}" y="${plotBottom + 16}" text-anchor="middle" class="t">${2 ** e >= 1 ? 2 ** e : `1/${2 ** -e}`}×</text>`,
+    );
+  }
+  let y = top;
+  for (const g of groups) {
+    el.push(`<text x="${padX}" y="${y + 17}" class="g">${xml(g)}</text>`);
+    y += groupH;
+    for (const b of bars.filter((b) => b.group === g)) {
+      const better = b.higherIsBetter ? b.value >= 1 : b.value <= 1;
+      const x1 = x(1), x2 = x(b.value);
+      const left = Math.min(x1, x2), w = Math.max(1, Math.abs(x2 - x1));
+      el.push(
+        `<text x="${padX + 12}" y="${y + 14}" class="t">${xml(b.label)}</text>`,
+        `<rect x="${left.toFixed(1)}" y="${y + 3}" width="${w.toFixed(1)}" height="${rowH - 6}" fill="${better ? "#2e9e5b" : "#e08a2e"}"><title>${xml(`${b.group}: ${b.label} ${b.value.toFixed(2)}×`)}</title></rect>`,
+        `<text x="${(b.value >= 1 ? x2 + 4 : padX + labelW + plotW + 4).toFixed(1)}" y="${y + 14}" class="t">${b.value.toFixed(2)}×</text>`,
+      );
+      y += rowH;
+    }
+  }
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="-apple-system, Segoe UI, Helvetica, Arial, sans-serif">`,
+    `<style>.t{font-size:12px;fill:#222}.g{font-size:13px;font-weight:600;fill:#111}.h{font-size:15px;font-weight:700;fill:#111}.s{font-size:11px;fill:#555}</style>`,
+    `<rect width="100%" height="100%" fill="#fff"/>`,
+    `<text x="${padX}" y="22" class="h">ocicache vs its references (ratio, log scale; 1× = same as the reference)</text>`,
+    `<text x="${padX}" y="40" class="s">${xml(`deno task bench, ${r.meta.date.slice(0, 10)}, ${r.meta.machine.nproc} cores · green = better than the reference, orange = worse`)}</text>`,
+    ...el,
+    `<text x="${padX + labelW + plotW / 2}" y="${height - 10}" text-anchor="middle" class="s">ratio ocicache / reference</text>`,
+    `</svg>`,
+    "",
+  ].join("\n");
 }
 
 function pad(rows: string[][]): string[] {
@@ -349,6 +491,10 @@ export function renderMarkdown(r: Results): string {
     "  generator is fetch-based and runs inside the bench process.",
     "- Upstream traffic (test 3) is counted by a TCP relay (`scripts/bench/count_proxy.ts`) placed between",
     "  a dedicated cache instance and the upstream.",
+    "- Test 7 builds a multi-layer OCI image (`makeImageLayout` from `test/support/fixtures.ts`: gzip'd",
+    "  tars of random bytes), pushes it to the upstream with `skopeo copy`, and times `skopeo copy` of it",
+    "  to a fresh `dir:` through each cache (`docker://CACHE/up/bench/multi:v1` for ocicache,",
+    "  `docker://PEER/bench/multi:v1` for the peer).",
     "",
     "## Machine and run",
     "",
@@ -371,6 +517,16 @@ export function renderMarkdown(r: Results): string {
     "",
     "## Results",
     "",
+    ...(chartBars(r).length
+      ? [
+        "![ocicache's ratios against the peer, the upstream and the disk (log scale)](benchmarks.svg)",
+        "",
+        "`docs/benchmarks.svg`, drawn from the tables below: each bar is one ocicache ratio against a reference",
+        "measured in the same run, on a log scale around 1×; green = better than the reference, orange = worse",
+        "(for the skopeo wall time a shorter ratio is better).",
+        "",
+      ]
+      : []),
   ];
   for (const t of tables(r)) {
     lines.push(`### ${t.title}`, "", `${t.note}.`, "");
