@@ -4,7 +4,8 @@
  * docker-registry started by test/support/real_registry.ts.
  * @module
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
+import { terminate } from "../../test/support/child.ts";
 import { readdir, readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import process from "node:process";
@@ -46,16 +47,6 @@ export interface StartOptions {
   pollMs?: number;
 }
 
-function exited(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) {
-    return Promise.resolve();
-  }
-  return new Promise((r) => {
-    child.once("exit", () => r());
-    child.once("error", () => r());
-  });
-}
-
 async function tryStart(
   v: Variant,
   o: StartOptions,
@@ -89,17 +80,11 @@ async function tryStart(
   child.stderr!.on("data", onData);
   let spawnError: Error | undefined;
   child.once("error", (e) => (spawnError = e));
-  const done = exited(child);
   let stopped = false;
   const stop = async () => {
     if (stopped) return;
     stopped = true;
-    if (!spawnError && child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGTERM");
-      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
-      await done;
-      clearTimeout(timer);
-    }
+    if (!spawnError) await terminate(child, 10_000);
     child.stdout?.destroy();
     child.stderr?.destroy();
   };

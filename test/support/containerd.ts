@@ -24,11 +24,12 @@
  * `<hosts dir>/H/hosts.toml` (with the port: `127.0.0.1:5000/hosts.toml`), then `_default`.
  * @module
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
+import { type BoundedResult, runBounded, terminate } from "./child.ts";
 import { requireOrSkip } from "./real_registry.ts";
 
 /** A running private containerd. */
@@ -55,14 +56,7 @@ export interface Containerd {
 }
 
 /** Outcome of one `ctr` run. `code` is -1 when killed (timeout) or not startable. */
-export interface CtrResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-  timedOut: boolean;
-  /** Wall time in ms. */
-  ms: number;
-}
+export type CtrResult = BoundedResult;
 
 /** Options for {@link startContainerd}. */
 export interface StartContainerdOptions {
@@ -97,28 +91,7 @@ export function requireContainerdOrSkip(t: { skip?: (message?: string) => void }
 
 /** Runs `ctr --address ADDRESS ...args`, killed after `timeoutMs` (default 60000). Never throws. */
 export function ctr(address: string, args: string[], opts: { timeoutMs?: number } = {}): Promise<CtrResult> {
-  const started = Date.now();
-  return new Promise((resolve) => {
-    const child = spawn("ctr", ["--address", address, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    let timedOut = false;
-    child.stdout!.on("data", (b: Buffer) => (stdout += b.toString()));
-    child.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill("SIGKILL");
-    }, opts.timeoutMs ?? 60_000);
-    let done = false;
-    const finish = (code: number, extra = "") => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr: stderr + extra, timedOut, ms: Date.now() - started });
-    };
-    child.once("error", (e) => finish(-1, String(e)));
-    child.once("close", (code) => finish(code ?? -1));
-  });
+  return runBounded("ctr", ["--address", address, ...args], opts.timeoutMs ?? 60_000);
 }
 
 /** Options for {@link ctrPull}. */
@@ -244,26 +217,9 @@ export async function mountsUnder(dirs: string[]): Promise<string[]> {
   return [...points].sort((a, b) => b.length - a.length);
 }
 
-function run(cmd: string, args: string[], timeoutMs = 10_000): Promise<{ code: number; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    child.stdout!.on("data", (b: Buffer) => (out += b.toString()));
-    child.stderr!.on("data", (b: Buffer) => (out += b.toString()));
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
-    let done = false;
-    const finish = (code: number) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      resolve({ code, out });
-    };
-    child.once("error", (e) => {
-      out += String(e);
-      finish(-1);
-    });
-    child.once("close", (code) => finish(code ?? -1));
-  });
+async function run(cmd: string, args: string[], timeoutMs = 10_000): Promise<{ code: number; out: string }> {
+  const r = await runBounded(cmd, args, timeoutMs);
+  return { code: r.code, out: r.stdout + r.stderr };
 }
 
 /** Unmounts everything at or below `dirs` (deepest first; `umount -R`, then lazy `-l`). */
@@ -279,14 +235,6 @@ export async function unmountAllUnder(dirs: string[]): Promise<string[]> {
   }
   left.push(...(await mountsUnder(dirs)));
   return left;
-}
-
-function exited(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once("exit", () => resolve());
-    child.once("error", () => resolve());
-  });
 }
 
 /**
@@ -313,20 +261,12 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
   child.stderr!.on("data", onData);
   let spawnError: Error | undefined;
   child.once("error", (e) => (spawnError = e));
-  const exit = exited(child);
   const running = () => !spawnError && child.exitCode === null && child.signalCode === null;
 
   let stopping: Promise<void> | undefined;
   const stop = () => {
     stopping ??= (async () => {
-      if (running()) {
-        child.kill("SIGTERM");
-        const killer = setTimeout(() => {
-          if (running()) child.kill("SIGKILL");
-        }, KILL_AFTER_MS);
-        await exit;
-        clearTimeout(killer);
-      }
+      if (running()) await terminate(child, KILL_AFTER_MS);
       const left = await unmountAllUnder([configDir]);
       if (left.length > 0) console.error(`containerd.stop: still mounted, not removing ${configDir}: ${left.join(", ")}`);
       else await rm(configDir, { recursive: true, force: true });

@@ -3,7 +3,8 @@
  * tests, plus helpers to detect the e2e binaries and skip (or fail) when they are missing.
  * Uses only node: built-ins and fetch, so it runs under Deno and Bun.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
+import { terminate } from "./child.ts";
 import { accessSync, constants } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
@@ -174,14 +175,6 @@ function configYaml(root: string, port: number, proxy?: string, accessLog = fals
   ].join("\n");
 }
 
-function exited(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((r) => {
-    child.once("exit", () => r());
-    child.once("error", () => r()); // e.g. ENOENT: there will be no exit event
-  });
-}
-
 async function tryStart(proxy: string | undefined, readyMs: number, accessLog = false): Promise<RealRegistry | "port-in-use"> {
   const tmp = await mkdtemp(join(tmpdir(), "ocicache-registry-"));
   const rootDir = join(tmp, "storage");
@@ -209,18 +202,12 @@ async function tryStart(proxy: string | undefined, readyMs: number, accessLog = 
   child.stderr!.on("data", onData);
   let spawnError: Error | undefined;
   child.once("error", (e) => (spawnError = e));
-  const done = exited(child);
 
   let stopped = false;
   const stop = async () => {
     if (!stopped) {
       stopped = true;
-      if (!spawnError && child.exitCode === null && child.signalCode === null) {
-        child.kill("SIGTERM");
-        const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-        await done;
-        clearTimeout(timer);
-      }
+      if (!spawnError) await terminate(child, 5000);
       child.stdout?.destroy();
       child.stderr?.destroy();
     }

@@ -19,18 +19,13 @@
  *   `--all` pushes only the host-platform image as a single schema2 manifest.
  * - Without `--format`, OCI manifests and indexes are pushed unchanged (same digests).
  */
-import { spawn } from "node:child_process";
+import { type BoundedResult, runBounded } from "./child.ts";
 import { createHash } from "node:crypto";
 import { open, readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 
 /** Outcome of one skopeo run. `code` is -1 when killed (timeout) or not startable. */
-export interface SkopeoResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-  timedOut: boolean;
-}
+export type SkopeoResult = BoundedResult;
 
 /**
  * Runs `skopeo copy --insecure-policy [tls flags] [...extraArgs] SRC DEST`.
@@ -49,26 +44,7 @@ export function skopeoCopy(
   if (src.startsWith("docker://")) args.push("--src-tls-verify=false");
   if (dest.startsWith("docker://")) args.push("--dest-tls-verify=false");
   args.push(...extraArgs, src, dest);
-  return new Promise((resolve) => {
-    const child = spawn("skopeo", args, { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    let timedOut = false;
-    child.stdout!.on("data", (b: Buffer) => (stdout += b.toString()));
-    child.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill("SIGKILL");
-    }, opts.timeoutMs ?? 120000);
-    child.once("error", (e) => {
-      clearTimeout(timer);
-      resolve({ code: -1, stdout, stderr: stderr + String(e), timedOut });
-    });
-    child.once("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? -1, stdout, stderr, timedOut });
-    });
-  });
+  return runBounded("skopeo", args, opts.timeoutMs ?? 120000);
 }
 
 function check(what: string, r: SkopeoResult): SkopeoResult {
