@@ -23,7 +23,7 @@ import { existsSync, mkdirSync, statSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { findBun, formatSize, lastLine, repoRoot, run } from "./tools.ts";
+import { findBun, formatSize, lastLine, repoRoot, run, WORKER_ENTRIES } from "./tools.ts";
 
 const root = repoRoot();
 
@@ -164,6 +164,8 @@ async function main(): Promise<number> {
       join(root, "deno.json"),
       "--output",
       out,
+      // Worker entries are loaded by URL at run time; deno compile embeds only what it is told.
+      ...WORKER_ENTRIES.flatMap((w) => ["--include", join(root, w)]),
       entry,
     ], {
       cwd: root,

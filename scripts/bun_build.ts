@@ -27,7 +27,7 @@ import { createRequire } from "node:module";
 import { basename, dirname, join, relative, resolve } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { fetchNpmPackage, formatSize, repoRoot } from "./tools.ts";
+import { fetchNpmPackage, formatSize, repoRoot, WORKER_ENTRIES } from "./tools.ts";
 
 // Minimal typing of the parts of the Bun API used here (no bun-types in the
 // repo, and `deno check scripts/` must pass).
@@ -224,7 +224,8 @@ async function buildOne(
   let out: BuildOutput;
   try {
     out = await Bun!.build({
-      entrypoints: [entry],
+      // Workers are separate entry points: the compiled binary resolves `new Worker(new URL(…))` to them.
+      entrypoints: [entry, ...WORKER_ENTRIES.map((w) => join(repoRoot(), w)).filter((w) => existsSync(w))],
       compile: { target, outfile },
       minify,
       plugins,

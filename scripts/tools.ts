@@ -21,6 +21,12 @@ import { fileURLToPath } from "node:url";
 export const BUN_VERSION = "1.4.5";
 
 /**
+ * Worker entry points (relative to the repository root) that the compiled binary must carry next
+ * to `src/main.ts`: the code loads them with `new Worker(new URL(…, import.meta.url))`.
+ */
+export const WORKER_ENTRIES = ["src/store/blake3_worker.ts"];
+
+/**
  * Absolute path of the repository root (the parent of `scripts/`), derived
  * from this module's `import.meta.url`, so it does not depend on the cwd.
  */

@@ -16,6 +16,7 @@ import { PullHandler } from "./oci/handler.ts";
 import { Router } from "./oci/router.ts";
 import { Upstream } from "./oci/upstream.ts";
 import type { Handler, Runtime } from "./runtime/types.ts";
+import { Blake3Pool } from "./store/blake3_pool.ts";
 import { Cafs } from "./store/cafs.ts";
 import { BlobEviction } from "./cache/eviction.ts";
 import { expireManifests, PullTracker } from "./cache/manifest_age.ts";
@@ -56,7 +57,8 @@ export interface ServiceOptions {
 export async function openService(config: Config, runtime: Runtime, log: Logger, opts: ServiceOptions = {}): Promise<Service> {
   // Files modified before this are from an earlier run (the store check at start relies on it).
   const startedAt = Date.now();
-  const cafs = new Cafs(runtime.files, config.storage);
+  const keys = new Blake3Pool({ onFallback: (reason) => log.warn("store keys", { reason }) });
+  const cafs = new Cafs(runtime.files, config.storage, keys);
   await cafs.init();
   const index = new Index(await openDb(config.indexUrl, config.indexAuthToken));
   const metrics = new Metrics();
@@ -206,6 +208,7 @@ export async function openService(config: Config, runtime: Runtime, log: Logger,
       await Promise.allSettled(active.map((f) => f.done));
       await maintenance.close();
       await eviction?.flush();
+      await keys.close();
       index.close();
     },
   };

@@ -8,7 +8,8 @@ import { createBLAKE3 } from "hash-wasm";
 import { join } from "node:path";
 import type { Hash } from "node:crypto";
 import { digester, type Digest } from "../oci/digest.ts";
-import type { Files } from "../runtime/types.ts";
+import type { Files, TempFile } from "../runtime/types.ts";
+import type { Blake3Pool } from "./blake3_pool.ts";
 
 /** What a finished write produced. */
 export interface StoredObject {
@@ -17,7 +18,27 @@ export interface StoredObject {
   size: number;
 }
 
-type Blake3 = Awaited<ReturnType<typeof createBLAKE3>>;
+/** How a writer computes the store key: in the write path, or by a worker following the file. */
+interface KeyHash {
+  /** `chunk` was appended; the file now holds `total` bytes. */
+  wrote(chunk: Uint8Array, total: number): void;
+  /** The BLAKE3 hex of the `size` bytes written. */
+  finish(size: number): Promise<string>;
+  cancel(): void;
+}
+
+/** Objects at least this big get their key from a worker (when the store has a pool). */
+const WORKER_MIN_BYTES = 1024 * 1024;
+
+async function inlineKeyHash(): Promise<KeyHash> {
+  const blake = await createBLAKE3();
+  blake.init();
+  return {
+    wrote: (chunk) => blake.update(chunk),
+    finish: () => Promise.resolve(blake.digest("hex")),
+    cancel() {},
+  };
+}
 
 /**
  * One object being written: bytes go to a temp file while BLAKE3 (the store key) and the OCI
@@ -32,8 +53,8 @@ export class CafsWriter {
   /** @internal Use {@link Cafs.writer}. */
   constructor(
     private readonly cafs: Cafs,
-    private readonly temp: import("../runtime/types.ts").TempFile,
-    private readonly blake: Blake3,
+    private readonly temp: TempFile,
+    private readonly key: KeyHash,
     private readonly sha: Hash,
     private readonly algorithm: Digest["algorithm"],
   ) {}
@@ -53,14 +74,17 @@ export class CafsWriter {
    * already hashed: go on with {@link CafsWriter.hashOnly} for the rest, then {@link abort}.
    */
   async write(chunk: Uint8Array): Promise<void> {
-    this.hashOnly(chunk);
+    this.sha.update(chunk);
     await this.temp.write(chunk);
     this.#size += chunk.length;
+    this.key.wrote(chunk, this.#size);
   }
 
-  /** Hash a chunk without storing it (the store could not take the bytes). */
+  /**
+   * Compute the OCI digest of a chunk without storing it (the store could not take the bytes;
+   * the writer can then only be aborted, so the store key is not needed).
+   */
   hashOnly(chunk: Uint8Array): void {
-    this.blake.update(chunk);
     this.sha.update(chunk);
   }
 
@@ -75,15 +99,15 @@ export class CafsWriter {
    * is dropped instead (dedupe). Returns the store key and size.
    */
   async commit(): Promise<StoredObject> {
-    await this.temp.sync();
+    const [key] = await Promise.all([this.key.finish(this.#size), this.temp.sync()]);
     await this.#close();
-    const key = this.blake.digest("hex");
     await this.cafs.adopt(this.temp.path, key, this.#size);
     return { key, size: this.#size };
   }
 
   /** Close and remove the temp file; nothing is stored. Safe to call more than once. */
   async abort(): Promise<void> {
+    this.key.cancel();
     await this.#close().catch(() => {});
     await this.cafs.files.remove(this.temp.path);
   }
@@ -101,7 +125,11 @@ export class Cafs {
   readonly tmpDir: string;
   readonly blobDir: string;
 
-  constructor(readonly files: Files, readonly root: string) {
+  /**
+   * `pool`: worker threads that compute the keys of big objects off the calling thread (the
+   * service passes one; without it every key is computed in the write path).
+   */
+  constructor(readonly files: Files, readonly root: string, private readonly pool?: Blake3Pool) {
     this.tmpDir = join(root, "tmp");
     this.blobDir = join(root, "blobs");
   }
@@ -121,11 +149,19 @@ export class Cafs {
     return join(this.blobDir, key.slice(0, 2), key);
   }
 
-  /** Start writing a new object; `algorithm` is the OCI digest computed alongside. */
-  async writer(algorithm: Digest["algorithm"] = "sha256"): Promise<CafsWriter> {
-    const [temp, blake] = await Promise.all([this.files.createTemp(this.tmpDir, "obj"), createBLAKE3()]);
-    blake.init();
-    return new CafsWriter(this, temp, blake, digester(algorithm), algorithm);
+  /**
+   * Start writing a new object; `algorithm` is the OCI digest computed alongside. `expectedSize`
+   * (when known) lets a big object's key be computed by a worker.
+   */
+  async writer(algorithm: Digest["algorithm"] = "sha256", expectedSize?: number): Promise<CafsWriter> {
+    const temp = await this.files.createTemp(this.tmpDir, "obj");
+    const key = this.pool && (expectedSize ?? 0) >= WORKER_MIN_BYTES ? this.#follow(temp.path) : await inlineKeyHash();
+    return new CafsWriter(this, temp, key, digester(algorithm), algorithm);
+  }
+
+  #follow(path: string): KeyHash {
+    const f = this.pool!.follow(path);
+    return { wrote: (_chunk, total) => f.advance(total), finish: (size) => f.finish(size), cancel: () => f.cancel() };
   }
 
   /** Store a small object held in memory (a manifest). */
