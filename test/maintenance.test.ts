@@ -11,7 +11,7 @@ import { Index } from "../src/index/oci_index.ts";
 import { detectRuntime } from "../src/runtime/mod.ts";
 import { Cafs } from "../src/store/cafs.ts";
 import { reconcile, summarize } from "../src/store/maintenance.ts";
-import { bytesOf, startCache } from "./support/cache.ts";
+import { bytesOf, settle, startCache } from "./support/cache.ts";
 import { randomBytes, sha256, startFakeRegistry } from "./support/fake_registry.ts";
 
 const runtime = detectRuntime();
@@ -239,6 +239,7 @@ describe("maintenance in a running service", () => {
         const res = await fetch(`${cache.url}/v2/fake/lib/app/blobs/${d}`);
         await bytesOf(res);
       }
+      await settle(cache);
       const startReport = await cache.service.maintenance.startup;
       assert.equal(startReport?.consistent, true, "a fresh store is consistent");
       const lostRow = (await cache.service.index.getBlob(lostDigest))!;
@@ -305,6 +306,7 @@ describe("maintenance in a running service", () => {
       assert.equal(sha256(body), bigDigest);
       assert.equal(up.count("blob", "GET"), 1);
 
+      await settle(cache); // the client got the end once the bytes were verified; the commit follows
       const hit = await fetch(`${cache.url}/v2/fake/lib/app/blobs/${bigDigest}`);
       assert.equal(hit.headers.get("x-cache"), "hit");
       assert.equal(sha256(await bytesOf(hit)), bigDigest);
@@ -324,6 +326,7 @@ describe("maintenance in a running service", () => {
     const storage = cache.storage;
     try {
       for (const d of [da, db]) await bytesOf(await fetch(`${cache.url}/v2/fake/lib/app/blobs/${d}`));
+      await settle(cache);
       const ra = (await cache.service.index.getBlob(da))!;
       const rb = (await cache.service.index.getBlob(db))!;
       await cache.stop();

@@ -55,6 +55,8 @@ describe("blobs", () => {
     const bodies = await Promise.all(responses.map(bytesOf));
     for (const b of bodies) assert.equal(sha256(b), digest);
     assert.equal(up.count("blob", "GET"), 1);
+    // Clients get the end once the bytes are verified; the store commit follows.
+    await settle(cache);
     const row = await cache.service.index.getBlob(digest);
     assert.equal(row?.size, blob.length);
   });
@@ -223,6 +225,7 @@ describe("blobs", () => {
     const d = up.putBlob(b);
     await bytesOf(await fetch(`${cache.url}/v2/fake/one/blobs/${d}`));
     await bytesOf(await fetch(`${cache.url}/v2/fake/two/blobs/${d}`));
+    await settle(cache);
     const row = await cache.service.index.getBlob(d);
     const files = (await filesUnder(join(cache.storage, "blobs"))).filter((f) => f.endsWith(row!.key));
     assert.equal(files.length, 1);

@@ -3,7 +3,8 @@
  * to a temp file in the store while both hashes are computed; every waiting client reads them
  * back from that file at its own pace, as soon as they land (a slow client slows nobody). The
  * last chunk is held back from clients until the digest checks out, so nobody ever sees a clean
- * end of a wrong body.
+ * end of a wrong body. Once it has, clients get the end at once, while the object is committed
+ * to the store (its BLAKE3 key finished by a worker, fsync, rename, index row) behind them.
  *
  * When the upstream breaks off, the download resumes with a Range request from the last good
  * byte. When the store cannot take the bytes (disk full), the clients are served from a bounded
@@ -13,8 +14,14 @@
 import type { FileReader, Files } from "../runtime/types.ts";
 import type { Cafs, CafsWriter, StoredObject } from "../store/cafs.ts";
 import type { Digest } from "../oci/digest.ts";
+import { ChunkWindow } from "./window.ts";
 
-const READ_CHUNK = 256 * 1024;
+/** Most bytes one client read (pread) takes from the file at a time. */
+const READ_CHUNK = 1024 * 1024;
+/** The newest bytes written are also kept in memory for clients that keep up (no read back). */
+const RECENT_BYTES = 8 * 1024 * 1024;
+/** Received bytes waiting for the file beyond this make the download wait for the disk. */
+const MAX_UNWRITTEN = 8 * 1024 * 1024;
 const MAX_RESUMES = 3;
 
 /** How a finished flight ended. `clientsServed`: the bytes were verified and served though not stored. */
@@ -55,17 +62,22 @@ export class Flight {
   received = 0;
   /** Bytes clients may read now (all but the newest chunk while running). */
   #available = 0;
-  #state: "running" | "done" | "failed" = "running";
+  /**
+   * "verified": every byte is in and the digest checked out; clients may finish while the object
+   * is being stored. "done": stored, or served without storing.
+   */
+  #state: "running" | "verified" | "done" | "failed" = "running";
   #error: Error | undefined;
   /** The file that holds the bytes: the temp file, then the stored object. */
   #path = "";
   #tick = Promise.withResolvers<void>();
   /** Bytes readable from the file; the rest is in memory (after a store failure). */
   #fileLimit = Infinity;
-  /** Memory window after a store failure: chunks from `#memStart` on. */
-  #mem: Uint8Array[] = [];
-  #memStart = 0;
-  #memBytes = 0;
+  /**
+   * Bytes in memory: the newest ones written (clients that keep up take them from here instead
+   * of reading the file back); after a store failure, every byte not yet read by all clients.
+   */
+  readonly #mem = new ChunkWindow();
   /** Where each client is. */
   readonly #positions = new Set<{ pos: number }>();
   #hadReader = false;
@@ -81,8 +93,8 @@ export class Flight {
     this.done = this.#run();
   }
 
-  /** "running", "done" or "failed". */
-  get state(): "running" | "done" | "failed" {
+  /** "running", "verified" (being stored), "done" or "failed". */
+  get state(): "running" | "verified" | "done" | "failed" {
     return this.#state;
   }
 
@@ -106,7 +118,7 @@ export class Flight {
     const { cafs, digest } = this.init;
     let writer: CafsWriter;
     try {
-      writer = await cafs.writer(digest.algorithm);
+      writer = await cafs.writer(digest.algorithm, this.size);
     } catch (e) {
       await this.init.body.cancel().catch(() => {});
       return this.#fail(e as Error);
@@ -120,9 +132,52 @@ export class Flight {
       // Serve it through the memory window from the first byte; never write it.
       storeError = new Error(refused);
       this.#fileLimit = 0;
-      this.#memStart = 0;
       this.init.onEvent?.("store-failed", { digest: digest.value, offset: 0, error: refused });
     }
+    // Received chunks go to the file in the background: one write at a time, taking every chunk
+    // that arrived meanwhile, so receiving overlaps writing and a fast upstream gets big writes.
+    let unwritten: Uint8Array[] = [];
+    let unwrittenBytes = 0;
+    /** Bytes written (or, after a store failure, held in memory). */
+    let flushed = 0;
+    let writing: Promise<void> | undefined;
+    let writeError: Error | undefined;
+    const store = async (data: Uint8Array) => {
+      if (!storeError) {
+        try {
+          await writer.write(data);
+        } catch (e) {
+          storeError = e as Error;
+          this.#fileLimit = flushed;
+          this.#mem.reset(flushed);
+          this.init.onEvent?.("store-failed", { digest: digest.value, offset: flushed, error: storeError.message });
+        }
+      } else {
+        writer.hashOnly(data);
+      }
+      this.#mem.push(data);
+      if (!storeError) this.#mem.keepLast(RECENT_BYTES);
+      flushed += data.length;
+      // The last byte stays back until the digest checks out: no client sees a clean end early.
+      this.#available = this.size === undefined ? flushed : Math.min(flushed, this.size - 1);
+      this.#notify();
+      if (storeError) await this.#bound();
+    };
+    const drain = (): Promise<void> =>
+      writing ??= (async () => {
+        try {
+          while (unwritten.length && !writeError) {
+            const data = concat(unwritten, unwrittenBytes);
+            unwritten = [];
+            unwrittenBytes = 0;
+            await store(data);
+          }
+        } catch (e) {
+          writeError = e as Error;
+        } finally {
+          writing = undefined;
+        }
+      })();
     try {
       while (true) {
         let chunk: Uint8Array;
@@ -149,31 +204,19 @@ export class Flight {
         if (this.size !== undefined && this.received + chunk.length > this.size) {
           throw new Error(`upstream sent more than the ${this.size} bytes it announced`);
         }
-        if (!storeError) {
-          try {
-            await writer.write(chunk);
-          } catch (e) {
-            storeError = e as Error;
-            this.#fileLimit = this.received;
-            this.#memStart = this.received;
-            this.init.onEvent?.("store-failed", { digest: digest.value, offset: this.received, error: storeError.message });
-          }
-        } else {
-          writer.hashOnly(chunk);
-        }
-        if (storeError) {
-          this.#mem.push(chunk);
-          this.#memBytes += chunk.length;
-        }
-        this.#available = this.received;
         this.received += chunk.length;
-        this.#notify();
-        if (storeError) await this.#bound();
+        unwritten.push(chunk);
+        unwrittenBytes += chunk.length;
+        const w = drain();
+        if (unwrittenBytes > MAX_UNWRITTEN || storeError) await w;
+        if (writeError) throw writeError;
         this.#checkDetached();
       }
       if (this.size !== undefined && this.received !== this.size) {
         throw new Error(`upstream body ended after ${this.received} of ${this.size} bytes`);
       }
+      while (writing || unwritten.length) await drain();
+      if (writeError) throw writeError;
       const got = writer.ociDigest();
       if (got !== digest.value) throw new Error(`digest mismatch: upstream bytes hash to ${got}, expected ${digest.value}`);
       if (storeError) {
@@ -182,13 +225,29 @@ export class Flight {
         this.#finish();
         return { ok: false, error: storeError, clientsServed: true };
       }
-      const stored = await writer.commit();
-      this.#path = cafs.pathOf(stored.key);
-      await this.init.onStored(stored);
+      // The bytes are right: let every client finish while the object is committed.
+      this.#state = "verified";
+      this.#available = this.received;
+      this.#notify();
+      let stored: StoredObject;
+      try {
+        stored = await writer.commit();
+        this.#path = cafs.pathOf(stored.key);
+        await this.init.onStored(stored);
+      } catch (e) {
+        // Clients reading the file (open, so still readable) finish with verified bytes; only
+        // storing failed. Late joiners find the file gone and get a broken transfer, never wrong bytes.
+        await writer.abort();
+        this.#unjoinable.resolve();
+        this.#finish();
+        return { ok: false, error: e as Error, clientsServed: true };
+      }
       this.#finish();
       return { ok: true, stored };
     } catch (e) {
       reader.cancel(e).catch(() => {});
+      writeError ??= e as Error; // stops the background writes
+      await writing;
       await writer.abort();
       return this.#fail(e as Error);
     }
@@ -227,7 +286,7 @@ export class Flight {
         if (this.#hadReader) throw new Error("the store cannot take the bytes and no client is left to serve");
         return;
       }
-      if (this.#memBytes <= max) return;
+      if (this.#mem.bytes <= max) return;
       await new Promise((r) => setTimeout(r, 5));
     }
   }
@@ -236,25 +295,8 @@ export class Flight {
     let min = Infinity;
     for (const p of this.#positions) min = Math.min(min, p.pos);
     if (!Number.isFinite(min)) min = this.received;
-    while (this.#mem.length && this.#memStart + this.#mem[0].length <= min) {
-      this.#memStart += this.#mem[0].length;
-      this.#memBytes -= this.#mem[0].length;
-      this.#mem.shift();
-      this.#unjoinable.resolve();
-    }
-  }
-
-  /** Copy up to `max` bytes at `pos` from the memory window. */
-  #fromMemory(pos: number, max: number): Uint8Array {
-    let start = this.#memStart;
-    for (const c of this.#mem) {
-      if (pos < start + c.length) {
-        const off = pos - start;
-        return c.slice(off, off + Math.min(max, c.length - off));
-      }
-      start += c.length;
-    }
-    throw new Error("bytes no longer in the download's memory window");
+    // Bytes before the window are in no file: a client from byte 0 cannot join any more.
+    if (this.#mem.dropBefore(min)) this.#unjoinable.resolve();
   }
 
   async #open(): Promise<FileReader> {
@@ -270,7 +312,7 @@ export class Flight {
       } catch (e) {
         if (attempt >= 3) throw e;
         if (this.#path === path) {
-          if (this.#state !== "running") throw e;
+          if (this.#state === "done" || this.#state === "failed") throw e;
           await tick;
         }
       }
@@ -301,8 +343,9 @@ export class Flight {
         try {
           while (true) {
             if (this.#state === "failed") throw this.#error ?? new Error("download failed");
+            const complete = this.#state === "done" || this.#state === "verified";
             if (held) {
-              if (this.#state === "done") {
+              if (complete) {
                 ctrl.enqueue(held);
                 await close();
                 ctrl.close();
@@ -313,18 +356,18 @@ export class Flight {
             }
             const avail = Math.min(this.#available, limit);
             if (me.pos < avail) {
-              let out: Uint8Array;
-              if (me.pos < this.#fileLimit) {
+              // From memory when the bytes are still there (a client that keeps up), else the file.
+              let out = this.#mem.view(me.pos, avail - me.pos);
+              if (!out) {
+                if (me.pos >= this.#fileLimit) throw new Error("bytes no longer in the download's memory window");
                 file ??= await this.#open();
                 const buf = new Uint8Array(Math.min(READ_CHUNK, avail - me.pos, this.#fileLimit - me.pos));
                 const n = await file.read(buf, me.pos);
                 if (n <= 0) throw new Error("cached bytes vanished while reading");
                 out = n === buf.length ? buf : buf.subarray(0, n);
-              } else {
-                out = this.#fromMemory(me.pos, avail - me.pos);
               }
               me.pos += out.length;
-              if (me.pos >= limit && this.#state !== "done") {
+              if (me.pos >= limit && !complete) {
                 // This completes the client's response (Content-Length): a range of a running
                 // download keeps its last byte back until the digest checks out, and stops
                 // pinning the memory window meanwhile.
@@ -336,7 +379,7 @@ export class Flight {
               ctrl.enqueue(out);
               return;
             }
-            if (this.#state === "done" && (me.pos >= limit || me.pos >= this.received)) {
+            if (complete && (me.pos >= limit || me.pos >= this.received)) {
               await close();
               ctrl.close();
               return;
@@ -351,6 +394,18 @@ export class Flight {
       cancel: close,
     });
   }
+}
+
+/** One buffer holding `chunks` (`total` bytes) in order; a single chunk is returned as is. */
+function concat(chunks: Uint8Array[], total: number): Uint8Array {
+  if (chunks.length === 1) return chunks[0];
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const c of chunks) {
+    out.set(c, off);
+    off += c.length;
+  }
+  return out;
 }
 
 /**
@@ -408,6 +463,12 @@ export class Flights {
   /** Downloads in flight (started or waiting for upstream headers). */
   get size(): number {
     return this.#running.size;
+  }
+
+  /** A download of `digest` whose bytes are all in and verified, being stored now. */
+  verified(digest: string): Flight | undefined {
+    for (const f of this.#streaming) if (f.digest.value === digest && f.state === "verified") return f;
+    return undefined;
   }
 
   /** The flights whose bytes are streaming now. */

@@ -280,6 +280,12 @@ export class PullHandler {
       return new Response(await this.deps.cafs.body(row.key, start, end), { status, headers });
     }
     if (head) {
+      // Downloaded and verified for this repository, being stored right now: as good as a hit.
+      const verified = this.deps.flights.verified(digest.value);
+      if (verified && verified.scope === scopeOf(t)) {
+        ctx.cache = "coalesced";
+        return new Response(null, { status: 200, headers: blobHeaders(digest.value, verified.received) });
+      }
       ctx.cache = "pass";
       const r = await this.#up(t).blob("HEAD", t.name, digest.value);
       if (!r.ok || r.response.status !== 200) return upstreamError(r, "BLOB_UNKNOWN", t);
