@@ -27,6 +27,7 @@ import { fileURLToPath } from "node:url";
 import { imageManifest, randomBytes, sha256, startFakeRegistry } from "./support/fake_registry.ts";
 import { startCache } from "./support/cache.ts";
 import { reconcile, type ReconcileReport } from "../src/store/maintenance.ts";
+import { concat } from "../src/download/window.ts";
 
 const RUNTIME = "Deno" in globalThis ? "deno" : "bun";
 const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -276,15 +277,7 @@ test(`soak: ${LOOPS} clients for ${SECONDS} s through one cache, with faults; no
       violate(`WRONG BYTES ${o.method} ${o.path} (status ${status}, X-Cache ${xcache}): ${why}`);
       return { ok: false };
     };
-    const body = () => {
-      const all = new Uint8Array(n);
-      let off = 0;
-      for (const c of chunks) {
-        all.set(c, off);
-        off += c.length;
-      }
-      return all;
-    };
+    const body = () => concat(chunks, n);
 
     let digest = o.digest;
     if (o.range && status === 200) {

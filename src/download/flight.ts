@@ -1,10 +1,11 @@
 /**
  * One upstream download per missing blob, however many clients ask. The bytes are written once
- * to a temp file in the store while both hashes are computed; every waiting client reads them
- * back from that file at its own pace, as soon as they land (a slow client slows nobody). The
- * last chunk is held back from clients until the digest checks out, so nobody ever sees a clean
- * end of a wrong body. Once it has, clients get the end at once, while the object is committed
- * to the store (its BLAKE3 key finished by a worker, fsync, rename, index row) behind them.
+ * to a temp file in the store (sha256 in the stream, the BLAKE3 key by a worker following the
+ * file); every waiting client gets them as soon as they land, at its own pace: from memory while
+ * it keeps up with the newest bytes, from the file once it falls behind (a slow client slows
+ * nobody). The last byte is held back from clients until the digest checks out, so nobody ever
+ * sees a clean end of a wrong body. Once it has, clients get the end at once, while the object is
+ * committed to the store (key, fsync, rename, index row) behind them.
  *
  * When the upstream breaks off, the download resumes with a Range request from the last good
  * byte. When the store cannot take the bytes (disk full), the clients are served from a bounded
@@ -14,12 +15,12 @@
 import type { FileReader, Files } from "../runtime/types.ts";
 import type { Cafs, CafsWriter, StoredObject } from "../store/cafs.ts";
 import type { Digest } from "../oci/digest.ts";
-import { ChunkWindow } from "./window.ts";
+import { ChunkWindow, concat } from "./window.ts";
 
 /** Most bytes one client read (pread) takes from the file at a time. */
 const READ_CHUNK = 1024 * 1024;
 /** The newest bytes written are also kept in memory for clients that keep up (no read back). */
-const RECENT_BYTES = 8 * 1024 * 1024;
+const RECENT_BYTES = 4 * 1024 * 1024;
 /** Received bytes waiting for the file beyond this make the download wait for the disk. */
 const MAX_UNWRITTEN = 8 * 1024 * 1024;
 const MAX_RESUMES = 3;
@@ -394,18 +395,6 @@ export class Flight {
       cancel: close,
     });
   }
-}
-
-/** One buffer holding `chunks` (`total` bytes) in order; a single chunk is returned as is. */
-function concat(chunks: Uint8Array[], total: number): Uint8Array {
-  if (chunks.length === 1) return chunks[0];
-  const out = new Uint8Array(total);
-  let off = 0;
-  for (const c of chunks) {
-    out.set(c, off);
-    off += c.length;
-  }
-  return out;
 }
 
 /**

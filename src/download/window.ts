@@ -68,3 +68,15 @@ export class ChunkWindow {
     this.#bytes -= c.length;
   }
 }
+
+/** One buffer holding `chunks` in order (`total`: their length, when known); one chunk is returned as is. */
+export function concat(chunks: Uint8Array[], total = chunks.reduce((n, c) => n + c.length, 0)): Uint8Array {
+  if (chunks.length === 1) return chunks[0];
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const c of chunks) {
+    out.set(c, off);
+    off += c.length;
+  }
+  return out;
+}
