@@ -4,7 +4,9 @@
  *
  * 1. warm blob GET throughput of a big layer: ocicache vs the distribution registry in proxy mode
  *    ("peer") vs the upstream registry direct vs reading the stored file from disk;
- * 2. cold blob GET throughput of a fresh layer: ocicache vs peer vs upstream;
+ * 2. cold blob GET throughput of a fresh layer: ocicache vs peer vs upstream, how long each cache
+ *    takes to have it stored after the client's last byte, and where the CPU goes (per thread,
+ *    from /proc);
  * 3. 8 concurrent cold clients of one fresh layer: upstream bytes (counted on the wire by a relay)
  *    and wall time vs one client;
  * 4. warm manifest-by-tag requests/s and p50/p99 with 16 connections for ~5 s;
@@ -17,7 +19,7 @@
  * Every process and temp dir it makes is removed at the end, also on failure or Ctrl-C; a
  * watchdog bounds the whole run.
  *
- * Flags: --size-mib N (256) · --warm-reps N (5) · --cold-reps N (3) · --clients N (8)
+ * Flags: --size-mib N (256) · --warm-reps N (5) · --cold-reps N (5) · --clients N (8)
  *        --manifest-seconds N (5) · --manifest-concurrency N (16) · --startup-runs N (5)
  *        --skopeo-reps N (5) · --no-binary · --no-docs · --max-minutes N (20)
  *        --only 1,2,… (tests to run)
@@ -65,7 +67,10 @@ import {
 import { measureComponents } from "./bench/components.ts";
 import { type CountingProxy, startCountingProxy } from "./bench/count_proxy.ts";
 import {
+  cpuSnapshot,
   findRegistryPid,
+  processCpu,
+  reapedChildrenCpu,
   type OcicacheProcess,
   procMem,
   startOcicache,
@@ -73,6 +78,7 @@ import {
 } from "./bench/procs.ts";
 import {
   type ConcurrentRow,
+  type CpuRow,
   renderMarkdown,
   renderSvg,
   renderText,
@@ -106,7 +112,7 @@ function parseArgs(argv: string[]) {
   const o = {
     sizeMiB: 256,
     warmReps: 5,
-    coldReps: 3,
+    coldReps: 5,
     clients: 8,
     manifestSeconds: 5,
     manifestConcurrency: 16,
@@ -171,7 +177,7 @@ function parseArgs(argv: string[]) {
       case "-h":
       case "--help":
         console.log(
-          "Usage: deno task bench [--size-mib 256] [--warm-reps 5] [--cold-reps 3] [--clients 8]\n" +
+          "Usage: deno task bench [--size-mib 256] [--warm-reps 5] [--cold-reps 5] [--clients 8]\n" +
             "       [--manifest-seconds 5] [--manifest-concurrency 16] [--startup-runs 5]\n" +
             "       [--skopeo-reps 5] [--no-binary] [--no-docs] [--max-minutes 20]\n" +
             "       [--only 1,2,3,4,5,6,7]",
@@ -254,6 +260,39 @@ function peerStored(
     timeoutMs,
     `peer storing ${b.digest}`,
     50,
+  );
+}
+
+/**
+ * Why N concurrent cold clients take longer than one on this machine: the CPU the extra clients
+ * cost (their own curl processes included), against the cores there are.
+ */
+function concurrentCpuNote(row: ConcurrentRow): string {
+  const m = (xs?: number[]) => (xs?.length ? median(xs) : NaN);
+  const extraCache = m(row.many.cacheCpuS) - m(row.single.cacheCpuS);
+  const extraClients = m(row.many.clientCpuS) - m(row.single.clientCpuS);
+  const extra = extraCache + extraClients;
+  if (!Number.isFinite(extra)) return "";
+  const cores = cpus().length;
+  const w1 = m(row.single.wallS);
+  return ` The ${row.clients - 1} extra clients cost ${fmt(extra, 2)} more CPU seconds (curl ${
+    fmt(extraClients, 2)
+  }, ocicache ${fmt(extraCache, 2)}), at least ${fmt(extra / cores, 2)} s more on ${cores} cores on top of one client's ${
+    fmt(w1, 2)
+  } s: ≤ 1.3× would need that to be under ${fmt(0.3 * w1, 2)} s.`;
+}
+
+/** Wait until ocicache answers a HEAD of the blob from its store (`X-Cache: hit`). */
+function ociStored(url: string, timeoutMs = 120_000): Promise<true> {
+  return waitFor(
+    async () => {
+      const r = await fetch(url, { method: "HEAD", signal: AbortSignal.timeout(10_000) });
+      await r.body?.cancel();
+      return r.headers.get("x-cache") === "hit" || undefined;
+    },
+    timeoutMs,
+    `ocicache storing ${url}`,
+    20,
   );
 }
 
@@ -564,18 +603,43 @@ async function main(cleanup: Cleanup): Promise<number> {
       label: t.label,
       mibps: [],
       ttfbMs: [],
+      ...(t.kind === "upstream" ? {} : { storedMs: [] }),
     }));
+    const cpuRows: CpuRow[] = variants.map((v) => ({
+      key: v.key,
+      label: v.label,
+      transferS: [],
+      storedS: [],
+      parts: {},
+    }));
+    const upstreamPid = await findRegistryPid(upstream.rootDir);
     for (let r = 0; r < opts.coldReps; r++) {
       for (const t of rotate(targets, r)) {
         const b = pool.get(t.key)![r];
+        // Every GET starts with no dirty pages left by the one before (fair to every target).
+        await runCmd("sync", [], { timeoutMs: 120_000 });
+        const oci = t.kind === "ocicache" ? ocis.get(t.key)! : undefined;
+        const cpu = oci ? await cpuSnapshot(oci.pid, upstreamPid) : undefined;
         const x = await timedGet(blobUrl(t, b), size);
         const row = rows.find((row) => row.key === t.key)!;
         row.mibps.push(mibps(x.bytes, x.seconds));
         row.ttfbMs!.push(x.ttfbSeconds * 1000);
-        if (t.kind === "peer") await peerStored(peer, b); // its store runs on after the response
+        // Both caches store the blob after (or while) the client gets it: wait until it is
+        // stored, so the next measurement does not share the CPU with that work.
+        const t0 = performance.now();
+        if (t.kind === "peer") await peerStored(peer, b);
+        if (t.kind === "ocicache") await ociStored(blobUrl(t, b));
+        row.storedMs?.push(performance.now() - t0);
+        if (cpu) {
+          const cr = cpuRows.find((c) => c.key === t.key)!;
+          cr.transferS.push(x.seconds);
+          cr.storedS.push(x.seconds + (performance.now() - t0) / 1000);
+          for (const [k, v] of await cpu.since()) (cr.parts[k] ??= []).push(v);
+        }
         await sleep(200);
       }
     }
+    results.coldCpu = cpuRows;
     for (const row of rows) {
       log(`  ${row.label}: ${row.mibps.map((x) => fmt(x)).join(", ")} MiB/s`);
     }
@@ -598,6 +662,8 @@ async function main(cleanup: Cleanup): Promise<number> {
   type CountedTarget = BlobTarget & {
     relay: CountingProxy;
     registry?: RealRegistry;
+    /** The cache's process (ocicache, or the peer's docker-registry). */
+    pid?: number;
   };
   let countedSetup:
     | Promise<{ targets: CountedTarget[]; stop: () => Promise<void> }>
@@ -631,6 +697,7 @@ async function main(cleanup: Cleanup): Promise<number> {
           url: p.url,
           kind: "ocicache",
           relay: relayOci,
+          pid: p.pid,
         });
       }
       targets.push({
@@ -640,6 +707,7 @@ async function main(cleanup: Cleanup): Promise<number> {
         kind: "peer",
         relay: relayPeer,
         registry: peerCounted,
+        pid: await findRegistryPid(peerCounted.rootDir),
       });
       // Stopping early only frees resources; cleanup would do it too (stop() is idempotent).
       const stop = async () => {
@@ -676,6 +744,7 @@ async function main(cleanup: Cleanup): Promise<number> {
     }));
     const settle = async (t: CountedTarget, b: Blob) => {
       if (t.registry) await peerStored(t.registry, b);
+      if (t.kind === "ocicache") await ociStored(blobUrl(t, b));
       await proxyQuiet(t.relay);
       const c = t.relay.counts();
       return {
@@ -690,23 +759,35 @@ async function main(cleanup: Cleanup): Promise<number> {
         const row = rows.find((x) => x.key === t.key)!;
         const [b1, bn] = pool.get(t.key)!.slice(2 * r, 2 * r + 2);
         await proxyQuiet(t.relay);
+        await runCmd("sync", [], { timeoutMs: 120_000 });
         t.relay.reset();
+        // CPU of the cache and of the curl clients, from the first request until stored.
+        const cpu = async () => ({ cache: t.pid ? await processCpu(t.pid) : NaN, clients: await reapedChildrenCpu() });
+        let c0 = await cpu();
         const t0 = performance.now();
         await timedGet(blobUrl(t, b1), size);
         row.single.wallS.push((performance.now() - t0) / 1000);
         const s1 = await settle(t, b1);
+        let c1 = await cpu();
         row.single.upstreamBytes.push(s1.bytes);
         row.single.upstreamBlobGets.push(s1.blobGets);
+        (row.single.cacheCpuS ??= []).push(c1.cache - c0.cache);
+        (row.single.clientCpuS ??= []).push(c1.clients - c0.clients);
 
+        await runCmd("sync", [], { timeoutMs: 120_000 });
         t.relay.reset();
+        c0 = await cpu();
         const many = await concurrentGets(blobUrl(t, bn), opts.clients, size);
         row.many.wallS.push(many.wallSeconds);
         row.many.slowestClientS.push(
           Math.max(...many.transfers.map((x) => x.seconds)),
         );
         const sn = await settle(t, bn);
+        c1 = await cpu();
         row.many.upstreamBytes.push(sn.bytes);
         row.many.upstreamBlobGets.push(sn.blobGets);
+        (row.many.cacheCpuS ??= []).push(c1.cache - c0.cache);
+        (row.many.clientCpuS ??= []).push(c1.clients - c0.clients);
         log(
           `  ${t.label}: 1 client ${fmt(row.single.wallS.at(-1), 2)} s / ${
             fmt(s1.bytes / MiB)
@@ -740,7 +821,7 @@ async function main(cleanup: Cleanup): Promise<number> {
             median(row.many.upstreamBlobGets)
           } upstream blob GET); their wall time was ${
             fmt(median(row.many.wallS) / median(row.single.wallS), 2)
-          }× that of one client.`,
+          }× that of one client.` + concurrentCpuNote(row),
         );
       }
     }
@@ -1103,22 +1184,25 @@ async function main(cleanup: Cleanup): Promise<number> {
   const coldMed = (key: string) =>
     median(results.cold.find((x) => x.key === key)?.mibps ?? []);
   if (results.cold.length) {
-    const serial = results.components.reduce(
-      (n, c) => n + c.secondsPerLayer,
-      0,
-    );
-    const ceiling = serial > 0
-      ? ` (the serial sum of hashing twice and writing in 64 KiB chunks alone allows about ${
-        fmt(opts.sizeMiB / serial)
-      } MiB/s here, table 2b)`
-      : "";
+    const up = coldMed("upstream");
     for (const v of variants) {
+      const cpu = results.coldCpu?.find((c) => c.key === v.key);
+      const parts = Object.entries(cpu?.parts ?? {}).map(([k, xs]) => [k, median(xs)] as const);
+      const total = parts.reduce((n, [, x]) => n + x, 0);
+      const blake = parts.find(([k]) => k.startsWith("BLAKE3"))?.[1] ?? 0;
+      const cores = cpus().length;
+      const budget = opts.sizeMiB / (0.8 * up); // seconds a transfer at 0.8× upstream may take
       notes.push(
-        `Cold fill: ${v.label} delivers a fresh layer at ${
-          fmt(coldMed(v.key))
-        } MiB/s, ${
+        `Cold fill: ${v.label} delivers a fresh layer at ${fmt(coldMed(v.key))} MiB/s, ${
           fmt(coldMed(v.key) / coldMed("peer"), 2)
-        }× the peer${ceiling}. The peer streams the upstream response straight to the client and stores a second upstream copy in the background.`,
+        }× the peer and ${fmt(coldMed(v.key) / up, 2)}× the upstream direct.` +
+          (total > 0
+            ? ` One cold GET costs ${fmt(total, 2)} CPU seconds in all (table 2c: ${
+              parts.map(([k, x]) => `${k} ${fmt(x, 2)}`).join(", ")
+            }); on ${cores} cores that allows at best ${fmt(opts.sizeMiB / (total / cores))} MiB/s. ` +
+              `0.8× the upstream (${fmt(0.8 * up)} MiB/s) would need the whole GET to fit in ${fmt(cores * budget, 2)} CPU seconds; ` +
+              `BLAKE3 (hash-wasm) alone takes ${fmt(blake, 2)}.`
+            : ""),
       );
     }
   }

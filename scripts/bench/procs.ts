@@ -175,3 +175,93 @@ export async function findRegistryPid(
   }
   return undefined;
 }
+
+/** Linux's USER_HZ: /proc CPU times are in 1/100 s on every architecture. */
+const TICKS_PER_S = 100;
+
+/** utime + stime (seconds) from the text of a /proc stat file, and the thread's name. */
+function statCpu(stat: string): { name: string; seconds: number } {
+  const close = stat.lastIndexOf(")");
+  const name = stat.slice(stat.indexOf("(") + 1, close);
+  const f = stat.slice(close + 2).split(" ");
+  // Fields after "(comm)": state is [0], utime [11], stime [12], cutime [13], cstime [14].
+  return { name, seconds: (Number(f[11]) + Number(f[12])) / TICKS_PER_S };
+}
+
+/**
+ * CPU seconds of each thread of process `pid`, grouped by what the thread does (see
+ * {@link threadGroup}); empty when the process is gone. Threads that exited in between are lost,
+ * so sample around a short interval.
+ */
+export async function threadCpu(pid: number): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  let tids: string[];
+  try {
+    tids = await readdir(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const s = statCpu(await readFile(`/proc/${pid}/task/${tid}/stat`, "utf8"));
+      const g = threadGroup(s.name, Number(tid) === pid);
+      out.set(g, (out.get(g) ?? 0) + s.seconds);
+    } catch {
+      // the thread ended
+    }
+  }
+  return out;
+}
+
+/** What a thread of ocicache (Bun or Deno) does, from its name. */
+export function threadGroup(name: string, isMain: boolean): string {
+  if (isMain) return "main thread (HTTP, sha256, streams)";
+  if (/^Worker$|^worker-\d+$/.test(name)) return "BLAKE3 worker (nice 19)";
+  if (/^Bun Pool|^tokio-run|^HTTP Client/.test(name)) return "I/O and fetch threads";
+  return "JIT and GC threads";
+}
+
+/** CPU seconds of a whole process (all its threads), or NaN when it is gone. */
+export async function processCpu(pid: number): Promise<number> {
+  try {
+    return statCpu(await readFile(`/proc/${pid}/stat`, "utf8")).seconds;
+  } catch {
+    return NaN;
+  }
+}
+
+/** CPU seconds of this process's children that have exited and been waited for (the curl clients). */
+export async function reapedChildrenCpu(): Promise<number> {
+  const stat = await readFile("/proc/self/stat", "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[13]) + Number(f[14])) / TICKS_PER_S;
+}
+
+/** CPU seconds spent since a {@link cpuSnapshot}, by part. */
+export type CpuParts = Map<string, number>;
+
+/**
+ * Start counting the CPU time of ocicache's threads (grouped), the upstream registry and this
+ * process's exited children (the curl client); `since()` returns what each used meanwhile.
+ */
+export async function cpuSnapshot(
+  ocicachePid: number,
+  upstreamPid: number | undefined,
+): Promise<{ since(): Promise<CpuParts> }> {
+  const read = async () => ({
+    threads: await threadCpu(ocicachePid),
+    upstream: upstreamPid ? await processCpu(upstreamPid) : NaN,
+    client: await reapedChildrenCpu(),
+  });
+  const before = await read();
+  return {
+    async since() {
+      const now = await read();
+      const out: CpuParts = new Map();
+      for (const [k, v] of now.threads) out.set(k, v - (before.threads.get(k) ?? 0));
+      if (Number.isFinite(now.upstream - before.upstream)) out.set("upstream docker-registry", now.upstream - before.upstream);
+      out.set("client (curl)", now.client - before.client);
+      return out;
+    },
+  };
+}

@@ -13,6 +13,20 @@ export interface ThroughputRow {
   label: string;
   mibps: number[];
   ttfbMs?: number[];
+  /** Milliseconds from the client's last byte until the cache had the blob stored. */
+  storedMs?: number[];
+}
+
+/** Where the CPU went during the cold GETs of one ocicache variant (test 2). */
+export interface CpuRow {
+  key: string;
+  label: string;
+  /** Seconds of each client transfer. */
+  transferS: number[];
+  /** Seconds from the request until the blob was stored. */
+  storedS: number[];
+  /** CPU seconds per GET, by part (ocicache's thread groups, the upstream, the client). */
+  parts: Record<string, number[]>;
 }
 
 /** One target of the concurrent-cold test. */
@@ -24,12 +38,18 @@ export interface ConcurrentRow {
     wallS: number[];
     upstreamBytes: number[];
     upstreamBlobGets: number[];
+    /** CPU seconds of the cache process, from the request until the blob was stored. */
+    cacheCpuS?: number[];
+    /** CPU seconds of the curl clients. */
+    clientCpuS?: number[];
   };
   many: {
     wallS: number[];
     upstreamBytes: number[];
     upstreamBlobGets: number[];
     slowestClientS: number[];
+    cacheCpuS?: number[];
+    clientCpuS?: number[];
   };
 }
 
@@ -91,6 +111,8 @@ export interface Results {
   cold: ThroughputRow[];
   /** Per-step costs of a cold fill, measured in the bench process (reference for test 2). */
   components: ComponentRow[];
+  /** CPU time by part during test 2's cold GETs (absent in results written before it existed). */
+  coldCpu?: CpuRow[];
   concurrent: ConcurrentRow[];
   manifest: ManifestRow[];
   startup: StartupRow[];
@@ -157,12 +179,13 @@ export function tables(r: Results): Table[] {
     out.push({
       title: `2. Cold blob GET, fresh ${size} MiB layer each time`,
       note:
-        `median of ${r.meta.settings.coldReps} GETs per target, a different blob each GET; TTFB = time to first body byte`,
+        `median of ${r.meta.settings.coldReps} GETs per target, a different blob each GET; TTFB = time to first body byte; "stored after" = from the client's last byte until the cache has the blob stored (ocicache: a HEAD answers X-Cache: hit; peer: its blob file is complete), waited for before the next GET`,
       headers: [
         "target",
         "MiB/s (median)",
         "range",
         "TTFB ms (median)",
+        "stored after ms (median)",
         "vs peer",
         "vs upstream",
       ],
@@ -173,6 +196,7 @@ export function tables(r: Results): Table[] {
           fmt(m),
           spread(x.mibps),
           fmt(med(x.ttfbMs), 1),
+          x.storedMs?.length ? fmt(med(x.storedMs)) : "–",
           ratio(m, peer),
           ratio(m, up),
         ];
@@ -186,7 +210,7 @@ export function tables(r: Results): Table[] {
         "2b. Reference: the steps of a cold fill, one after another on one thread",
       note: `measured in the bench process (${
         r.meta.versions.bench ?? "deno"
-      }) over the ${size} MiB layer in 64 KiB chunks (what a fetch body delivers here); a cache that hashes twice and writes each chunk before passing it on cannot beat the serial sum unless it overlaps the steps`,
+      }) over the ${size} MiB layer in 64 KiB chunks; done one after another on one thread they cannot beat the serial sum, so ocicache overlaps them: sha256 on the serving thread, file writes in the background, BLAKE3 on a low-priority worker thread that follows the file (table 2c shows where the CPU goes)`,
       headers: ["step", "MiB/s", "s per layer"],
       rows: [
         ...r.components.map((
@@ -200,12 +224,43 @@ export function tables(r: Results): Table[] {
       ],
     });
   }
+  if (r.coldCpu?.length) {
+    const cores = Number(r.meta.machine.nproc) || 1;
+    const rows: string[][] = [];
+    for (const c of r.coldCpu) {
+      const transfer = med(c.transferS);
+      const parts = Object.entries(c.parts).map(([k, v]) => [k, med(v)] as const);
+      const total = parts.reduce((n, [, v]) => n + v, 0);
+      for (const [k, v] of parts) {
+        rows.push([c.label, k, fmt(v, 2), `${fmt((100 * v) / total)} %`]);
+      }
+      rows.push([
+        c.label,
+        `total CPU (all parts) / ${cores} cores × ${fmt(med(c.storedS), 2)} s until stored`,
+        `${fmt(total, 2)} / ${fmt(cores * med(c.storedS), 2)}`,
+        `${fmt((100 * total) / (cores * med(c.storedS)))} % busy`,
+      ]);
+      rows.push([
+        c.label,
+        `transfer time; the fastest these CPU seconds allow on ${cores} cores`,
+        `${fmt(transfer, 2)} s; ${fmt(total / cores, 2)} s`,
+        `${fmt(Number(size) / transfer)}; ${fmt(Number(size) / (total / cores))} MiB/s`,
+      ]);
+    }
+    out.push({
+      title: "2c. Where the CPU goes in one cold GET",
+      note:
+        `CPU seconds per ${size} MiB cold GET (median over the GETs of table 2), from the start of the request until the blob is stored, from /proc/<pid>/task/*/stat of ocicache's threads (grouped by name), /proc/<pid>/stat of the upstream docker-registry, and the bench's exited children (curl); everything shares ${cores} cores`,
+      headers: ["target", "part", "CPU s", "share"],
+      rows,
+    });
+  }
   if (r.concurrent.length) {
     const bytes = Number(size) * MiB;
     out.push({
       title: `3. Concurrent cold clients of one fresh ${size} MiB layer`,
       note:
-        `median of ${r.meta.settings.coldReps} runs each; upstream traffic counted by a TCP relay between cache and upstream ("× layer" = bytes received from upstream / layer size; GETs = upstream blob GET request lines)`,
+        `median of ${r.meta.settings.coldReps} runs each; upstream traffic counted by a TCP relay between cache and upstream ("× layer" = bytes received from upstream / layer size; GETs = upstream blob GET request lines); CPU s = CPU time of the cache process and of the curl clients from the first request until the blob is stored, on a machine with ${r.meta.machine.nproc} cores`,
       headers: [
         "target",
         "clients",
@@ -215,6 +270,8 @@ export function tables(r: Results): Table[] {
         "× layer",
         "upstream blob GETs",
         "aggregate MiB/s",
+        "cache CPU s",
+        "clients CPU s",
       ],
       rows: r.concurrent.flatMap((x) => {
         const w1 = med(x.single.wallS);
@@ -229,6 +286,8 @@ export function tables(r: Results): Table[] {
             fmt(med(x.single.upstreamBytes) / bytes, 2),
             fmt(med(x.single.upstreamBlobGets)),
             fmt(Number(size) / w1),
+            fmt(med(x.single.cacheCpuS), 2),
+            fmt(med(x.single.clientCpuS), 2),
           ],
           [
             x.label,
@@ -239,6 +298,8 @@ export function tables(r: Results): Table[] {
             fmt(med(x.many.upstreamBytes) / bytes, 2),
             fmt(med(x.many.upstreamBlobGets)),
             fmt(x.clients * Number(size) / wn),
+            fmt(med(x.many.cacheCpuS), 2),
+            fmt(med(x.many.clientCpuS), 2),
           ],
         ];
       }),
