@@ -70,6 +70,7 @@ import {
   cpuSnapshot,
   findRegistryPid,
   processCpu,
+  processesIdle,
   reapedChildrenCpu,
   type OcicacheProcess,
   procMem,
@@ -613,6 +614,8 @@ async function main(cleanup: Cleanup): Promise<number> {
       parts: {},
     }));
     const upstreamPid = await findRegistryPid(upstream.rootDir);
+    // Every process that serves test 2: each GET waits until they have all gone quiet.
+    const idlePids = [upstreamPid, await findRegistryPid(peer.rootDir), ...variants.map((v) => ocis.get(v.key)!.pid)];
     for (let r = 0; r < opts.coldReps; r++) {
       for (const t of rotate(targets, r)) {
         const b = pool.get(t.key)![r];
@@ -630,6 +633,7 @@ async function main(cleanup: Cleanup): Promise<number> {
         if (t.kind === "peer") await peerStored(peer, b);
         if (t.kind === "ocicache") await ociStored(blobUrl(t, b));
         row.storedMs?.push(performance.now() - t0);
+        await processesIdle(idlePids);
         if (cpu) {
           const cr = cpuRows.find((c) => c.key === t.key)!;
           cr.transferS.push(x.seconds);
@@ -1204,6 +1208,14 @@ async function main(cleanup: Cleanup): Promise<number> {
               `BLAKE3 (hash-wasm) alone takes ${fmt(blake, 2)}.`
             : ""),
       );
+      const io = cpu?.parts["I/O and fetch threads"] ?? [];
+      if (io.length > 1 && Math.max(...io) > 2 * Math.min(...io)) {
+        notes.push(
+          `${v.label}: its I/O threads (file writes, mostly) used between ${fmt(Math.min(...io), 2)} and ${
+            fmt(Math.max(...io), 2)
+          } CPU seconds per cold GET of the same size in this run: on this VM writing new file data costs more the more memory the run has touched (see the README's Performance section); cold figures move with it.`,
+        );
+      }
     }
   }
   const peerManifest = results.manifest.find((x) => x.key === "peer");

@@ -265,3 +265,32 @@ export async function cpuSnapshot(
     },
   };
 }
+
+/**
+ * Wait until the processes `pids` use (almost) no CPU for `quietMs`: a cache that has answered
+ * may still be working (the distribution proxy fetches a second upstream copy to store it), and
+ * the next measurement must not share the CPU with that. Bounded by `timeoutMs`.
+ */
+export async function processesIdle(
+  pids: (number | undefined)[],
+  quietMs = 300,
+  timeoutMs = 60_000,
+): Promise<void> {
+  const live = pids.filter((p): p is number => p !== undefined);
+  const total = async () => {
+    let n = 0;
+    for (const p of live) n += (await processCpu(p)) || 0;
+    return n;
+  };
+  const deadline = Date.now() + timeoutMs;
+  let last = await total();
+  let quietSince = Date.now();
+  while (Date.now() < deadline) {
+    await sleep(100);
+    const now = await total();
+    // Idle: less than 5 % of one core over the interval (background timers, GC).
+    if (now - last > 0.005) quietSince = Date.now();
+    else if (Date.now() - quietSince >= quietMs) return;
+    last = now;
+  }
+}
