@@ -41,9 +41,10 @@ async function inlineKeyHash(): Promise<KeyHash> {
 }
 
 /**
- * One object being written: bytes go to a temp file while BLAKE3 (the store key) and the OCI
- * digest are computed in the same pass. Nothing is visible under a final name before
- * {@link CafsWriter.commit}.
+ * One object being written: bytes go to a temp file while the OCI digest is computed in the same
+ * pass; the BLAKE3 store key is computed in the same pass too, or, for a big object in a store
+ * with a {@link Blake3Pool}, by a worker that follows the file. Nothing is visible under a final
+ * name before {@link CafsWriter.commit}.
  */
 export class CafsWriter {
   #size = 0;
