@@ -78,11 +78,15 @@ describe(`Flight on ${runtime.name}`, () => {
     assert.equal(flights.verified(flight.digest.value), flight);
     // A client arriving now reads the same verified bytes.
     assert.deepEqual(await readAll(flight.stream()), data);
+    assert.ok(flights.has(flight.digest.value));
     gate.resolve();
     const outcome = await flight.done;
     assert.ok(outcome.ok);
     assert.equal(outcome.stored.key, await blake3(data));
     assert.equal(flight.state, "done");
+    // The flights forget it once done (the index row was written before that).
+    await new Promise((r) => setTimeout(r, 0));
+    assert.equal(flights.has(flight.digest.value), false);
     assert.equal(flights.verified(flight.digest.value), undefined);
     assert.deepEqual(await readdir(cafs.tmpDir), [], "no temp file is left");
   });

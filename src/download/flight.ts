@@ -454,9 +454,14 @@ export class Flights {
     return this.#running.size;
   }
 
-  /** A download of `digest` whose bytes are all in and verified, being stored now. */
+  /** Whether a download of `digest` is running (or waiting for upstream headers). */
+  has(digest: string): boolean {
+    return this.#running.has(digest);
+  }
+
+  /** A download of `digest` whose bytes are all in and verified: being stored, or just done. */
   verified(digest: string): Flight | undefined {
-    for (const f of this.#streaming) if (f.digest.value === digest && f.state === "verified") return f;
+    for (const f of this.#streaming) if (f.digest.value === digest && (f.state === "verified" || f.state === "done")) return f;
     return undefined;
   }
 

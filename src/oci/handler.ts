@@ -6,7 +6,7 @@
 import type { RegistryConfig } from "../config.ts";
 import { ociError, type ErrorCode } from "../http/errors.ts";
 import { contentRange, parseRange } from "../http/range.ts";
-import type { Index, ManifestRow } from "../index/oci_index.ts";
+import type { BlobRow, Index, ManifestRow } from "../index/oci_index.ts";
 import type { Logger } from "../log.ts";
 import type { Files } from "../runtime/types.ts";
 import type { Cafs } from "../store/cafs.ts";
@@ -261,7 +261,15 @@ export class PullHandler {
 
   async blob(req: Request, t: Target, digest: Digest, ctx: RequestContext): Promise<Response> {
     const head = req.method === "HEAD";
-    const row = await this.deps.index.getBlob(digest.value);
+    // A download writes its index row before it leaves the flights. One that was running before
+    // the index lookup and is gone after it has stored the blob (or failed): look once more, so
+    // a request racing the commit is a hit, never a second upstream request.
+    let row: BlobRow | null = null;
+    for (let look = 0; look < 2; look++) {
+      const running = this.deps.flights.has(digest.value);
+      row = await this.deps.index.getBlob(digest.value);
+      if (row || !running || this.deps.flights.has(digest.value)) break;
+    }
     if (row && (await this.deps.cafs.size(row.key)) === row.size) {
       const refused = await this.#confirmScope(t, digest.value, "blob", ctx);
       if (refused) return refused;
