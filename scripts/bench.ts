@@ -67,11 +67,10 @@ import {
 import { measureComponents } from "./bench/components.ts";
 import { type CountingProxy, startCountingProxy } from "./bench/count_proxy.ts";
 import {
+  cacheAndClients,
   cpuSnapshot,
   findRegistryPid,
-  processCpu,
   processesIdle,
-  reapedChildrenCpu,
   type OcicacheProcess,
   procMem,
   startOcicache,
@@ -766,32 +765,31 @@ async function main(cleanup: Cleanup): Promise<number> {
         await runCmd("sync", [], { timeoutMs: 120_000 });
         t.relay.reset();
         // CPU of the cache and of the curl clients, from the first request until stored.
-        const cpu = async () => ({ cache: t.pid ? await processCpu(t.pid) : NaN, clients: await reapedChildrenCpu() });
-        let c0 = await cpu();
+        let cpu = await cpuSnapshot(t.pid, undefined);
         const t0 = performance.now();
         await timedGet(blobUrl(t, b1), size);
         row.single.wallS.push((performance.now() - t0) / 1000);
         const s1 = await settle(t, b1);
-        let c1 = await cpu();
+        let used = cacheAndClients(await cpu.since());
         row.single.upstreamBytes.push(s1.bytes);
         row.single.upstreamBlobGets.push(s1.blobGets);
-        (row.single.cacheCpuS ??= []).push(c1.cache - c0.cache);
-        (row.single.clientCpuS ??= []).push(c1.clients - c0.clients);
+        (row.single.cacheCpuS ??= []).push(used.cache);
+        (row.single.clientCpuS ??= []).push(used.clients);
 
         await runCmd("sync", [], { timeoutMs: 120_000 });
         t.relay.reset();
-        c0 = await cpu();
+        cpu = await cpuSnapshot(t.pid, undefined);
         const many = await concurrentGets(blobUrl(t, bn), opts.clients, size);
         row.many.wallS.push(many.wallSeconds);
         row.many.slowestClientS.push(
           Math.max(...many.transfers.map((x) => x.seconds)),
         );
         const sn = await settle(t, bn);
-        c1 = await cpu();
+        used = cacheAndClients(await cpu.since());
         row.many.upstreamBytes.push(sn.bytes);
         row.many.upstreamBlobGets.push(sn.blobGets);
-        (row.many.cacheCpuS ??= []).push(c1.cache - c0.cache);
-        (row.many.clientCpuS ??= []).push(c1.clients - c0.clients);
+        (row.many.cacheCpuS ??= []).push(used.cache);
+        (row.many.clientCpuS ??= []).push(used.clients);
         log(
           `  ${t.label}: 1 client ${fmt(row.single.wallS.at(-1), 2)} s / ${
             fmt(s1.bytes / MiB)

@@ -23,7 +23,7 @@ import { existsSync, mkdirSync, statSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { findBun, formatSize, lastLine, repoRoot, run, WORKER_ENTRIES } from "./tools.ts";
+import { BUILD_OPTIONS, findBun, formatSize, lastLine, repoRoot, run, WORKER_ENTRIES } from "./tools.ts";
 
 const root = repoRoot();
 
@@ -99,12 +99,7 @@ async function main(): Promise<number> {
   const argv = process.argv.slice(2);
   const { values } = parseArgs({
     args: argv,
-    options: {
-      entry: { type: "string" },
-      outfile: { type: "string" },
-      all: { type: "boolean", default: false },
-      "no-minify": { type: "boolean", default: false },
-    },
+    options: BUILD_OPTIONS,
     strict: true,
   });
   const deno = process.execPath; // this script runs under deno

@@ -27,7 +27,7 @@ import { createRequire } from "node:module";
 import { basename, dirname, join, relative, resolve } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { fetchNpmPackage, formatSize, repoRoot, WORKER_ENTRIES } from "./tools.ts";
+import { BUILD_OPTIONS, fetchNpmPackage, formatSize, repoRoot, WORKER_ENTRIES } from "./tools.ts";
 
 // Minimal typing of the parts of the Bun API used here (no bun-types in the
 // repo, and `deno check scripts/` must pass).
@@ -276,12 +276,7 @@ async function main(): Promise<void> {
   if (!Bun) fail("must run under Bun: bun scripts/bun_build.ts");
   const { values } = parseArgs({
     args: process.argv.slice(2),
-    options: {
-      entry: { type: "string" },
-      outfile: { type: "string" },
-      all: { type: "boolean", default: false },
-      "no-minify": { type: "boolean", default: false },
-    },
+    options: BUILD_OPTIONS,
     strict: true,
   });
   if (process.platform !== "linux") {

@@ -20,6 +20,14 @@ import { fileURLToPath } from "node:url";
 /** The bun release the project builds with; any 1.4.x on PATH is accepted. */
 export const BUN_VERSION = "1.4.5";
 
+/** The flags of scripts/build.ts, which passes them on to scripts/bun_build.ts. */
+export const BUILD_OPTIONS = {
+  entry: { type: "string" },
+  outfile: { type: "string" },
+  all: { type: "boolean", default: false },
+  "no-minify": { type: "boolean", default: false },
+} as const;
+
 /**
  * Worker entry points (relative to the repository root) that the compiled binary must carry next
  * to `src/main.ts`: the code loads them with `new Worker(new URL(…, import.meta.url))`.

@@ -193,8 +193,9 @@ function statCpu(stat: string): { name: string; seconds: number } {
  * {@link threadGroup}); empty when the process is gone. Threads that exited in between are lost,
  * so sample around a short interval.
  */
-export async function threadCpu(pid: number): Promise<Map<string, number>> {
+export async function threadCpu(pid: number | undefined): Promise<Map<string, number>> {
   const out = new Map<string, number>();
+  if (pid === undefined) return out;
   let tids: string[];
   try {
     tids = await readdir(`/proc/${pid}/task`);
@@ -245,7 +246,7 @@ export type CpuParts = Map<string, number>;
  * process's exited children (the curl client); `since()` returns what each used meanwhile.
  */
 export async function cpuSnapshot(
-  ocicachePid: number,
+  ocicachePid: number | undefined,
   upstreamPid: number | undefined,
 ): Promise<{ since(): Promise<CpuParts> }> {
   const read = async () => ({
@@ -259,11 +260,22 @@ export async function cpuSnapshot(
       const now = await read();
       const out: CpuParts = new Map();
       for (const [k, v] of now.threads) out.set(k, v - (before.threads.get(k) ?? 0));
-      if (Number.isFinite(now.upstream - before.upstream)) out.set("upstream docker-registry", now.upstream - before.upstream);
-      out.set("client (curl)", now.client - before.client);
+      if (Number.isFinite(now.upstream - before.upstream)) out.set(UPSTREAM_PART, now.upstream - before.upstream);
+      out.set(CLIENT_PART, now.client - before.client);
       return out;
     },
   };
+}
+
+/** The parts of {@link CpuParts} that are not the cache's own threads. */
+const UPSTREAM_PART = "upstream docker-registry";
+const CLIENT_PART = "client (curl)";
+
+/** The cache's CPU seconds (all its threads; NaN when none was seen) and the clients'. */
+export function cacheAndClients(parts: CpuParts): { cache: number; clients: number } {
+  let cache = NaN;
+  for (const [k, v] of parts) if (k !== UPSTREAM_PART && k !== CLIENT_PART) cache = (Number.isNaN(cache) ? 0 : cache) + v;
+  return { cache, clients: parts.get(CLIENT_PART) ?? NaN };
 }
 
 /**
